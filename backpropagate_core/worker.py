@@ -1,0 +1,150 @@
+"""Start engine work in separate OS processes, and the worker process's entry point.
+
+The launcher functions here are import-light (no torch): the UI server and the CLI call
+them to start, stop and resume runs. A run's worker is `python -m
+backpropagate_core.worker RUN_ID`, which calls the same `execute_run` as `backprop
+train`, so a crash, an out-of-memory kill or `kill -9` only ends that process; the run
+store then shows the run as interrupted (see `RunStore.reap_dead`).
+
+Stopping is a flag file (`<run_dir>/CANCEL`) the worker polls after every step, so it
+works the same on Windows, where POSIX signals are not available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.runs import RunStore
+
+CANCEL_FLAG = "CANCEL"
+_children: list[subprocess.Popen] = []
+
+
+def _spawn(args: list[str], store: RunStore, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "BACKPROPAGATE_HOME": str(store.home), "PYTHONUNBUFFERED": "1"}
+    kwargs: dict[str, Any] = {}
+    if os.name == "nt":
+        # A new process group so the worker survives the UI console closing.
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    else:
+        kwargs["start_new_session"] = True
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "backpropagate_core.worker", *args],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=os.getcwd(), **kwargs)
+    _children.append(proc)
+    _collect_exited()
+    return proc
+
+
+def _collect_exited() -> None:
+    """Wait on finished children so they do not linger as zombies."""
+    for proc in list(_children):
+        if proc.poll() is not None:
+            _children.remove(proc)
+
+
+def start_run(model: str | None, data: str, *, name: str | None = None,
+              overrides: dict | None = None, home: str | Path | None = None) -> str:
+    """Validate the config, record a queued run and start its worker; returns the run id."""
+    from backpropagate_core.model import resolve_model
+    from backpropagate_core.train import build_config
+
+    config = build_config(model, data, name, **(overrides or {}))
+    if not Path(config.data).expanduser().exists():
+        raise BackpropError("INPUT_DATASET_NOT_FOUND", f"{config.data} does not exist")
+    resolve_model(config.model)
+    config.data = str(Path(config.data).expanduser().resolve())
+    store = RunStore(home)
+    run = store.create_run(config=config.model_dump(mode="json"), model=config.model,
+                           dataset=config.data, name=name)
+    proc = _spawn([run.id], store, run.run_dir / "worker.log")
+    store.claim(run.id, pid=proc.pid)
+    return run.id
+
+
+def resume_run(run_id: str, *, home: str | Path | None = None) -> str:
+    """Start a worker that continues an interrupted, cancelled or failed run."""
+    store = RunStore(home)
+    store.reap_dead()
+    run = store.get(run_id)
+    if run.active:
+        raise BackpropError("STATE_RUN_ACTIVE", f"run {run.id[:8]} is already {run.status}")
+    if run.kind != "train":
+        raise BackpropError("STATE_RUN_NOT_FOUND", f"run {run.id[:8]} is a {run.kind}, not a training run",
+                            hint="Multi-run campaigns resume with `backprop multi-run --resume`.")
+    store.update(run.id, status="queued")
+    proc = _spawn([run.id, "--resume"], store, run.run_dir / "worker.log")
+    store.claim(run.id, pid=proc.pid)
+    return run.id
+
+
+def cancel_run(run_id: str, *, home: str | Path | None = None) -> None:
+    """Ask a run to stop: it writes a checkpoint, then ends as cancelled."""
+    store = RunStore(home)
+    run = store.get(run_id)
+    if not run.active:
+        return
+    (run.run_dir / CANCEL_FLAG).touch()
+
+
+def _engine_json(args: list[str], timeout: float = 600) -> dict:
+    """Run a `backprop ... --json` command in a subprocess and parse its output."""
+    proc = subprocess.run([sys.executable, "-m", "backpropagate_core.cli.run", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "BACKPROPAGATE_LOG_JSON": "false"})
+    if proc.returncode == 0:
+        return json.loads(proc.stdout)
+    try:
+        err = json.loads(proc.stdout)["error"]
+    except (ValueError, KeyError, TypeError):
+        raise BackpropError("RUNTIME_UNEXPECTED", (proc.stderr or proc.stdout).strip()[-500:]) from None
+    raise BackpropError(err["code"], err["message"], err.get("hint"))
+
+
+def dataset_report(path: str, model: str | None = None, max_seq_len: int | None = None) -> dict:
+    """The dataset report (as in `backprop data report --json`), computed out of process."""
+    args = ["data", "report", str(path), "--json", "--skip-bad-lines", "--model", model or "none"]
+    if max_seq_len:
+        args += ["--max-seq-len", str(max_seq_len)]
+    return _engine_json(args)
+
+
+def plan(model: str | None, data: str, overrides: dict | None = None) -> dict:
+    """Resolved defaults with reasons for this model and dataset, without training."""
+    args = ["plan", "--data", str(data), "--json"]
+    if model:
+        args += ["--model", model]
+    if overrides:
+        args += ["--overrides", json.dumps(overrides)]
+    return _engine_json(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker process: train one run from the store, then exit 0 (done/cancelled) or 3."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="backpropagate_core.worker")
+    parser.add_argument("run_id")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    from backpropagate_core.train import execute_run
+
+    try:
+        execute_run(args.run_id, RunStore(), resume=args.resume)
+        return 0
+    except BackpropError as err:
+        print(f"[{err.code}] {err.message}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
