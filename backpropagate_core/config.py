@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backpropagate_core.errors import BackpropError
@@ -60,6 +60,12 @@ class UISettings(BaseModel):
 
 class SecuritySettings(BaseModel):
     require_auth_for_share: bool = Field(True, description="Refuse --share without --auth.")
+    jwt_secret: str | None = Field(
+        None, repr=False, description="Key that signs UI session cookies; None makes a random one per `backprop ui` start.")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a UI login lasts.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Extra Host names the UI answers to (e.g. a LAN name like box.local:7862); loopback and the tunnel are added.")
 
 
 class Settings(BaseSettings):
@@ -75,6 +81,22 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     ollama_host: str = Field("http://127.0.0.1:11434", description="Ollama server used for registration.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log verbosity.")
+    log_json: bool | Literal["auto"] = Field(
+        "auto", description="JSON log lines: auto (when stderr is not a terminal), true or false.")
+    log_file: Path | None = Field(None, description="Also write JSON log lines to this file, rotated at 10 MB.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value):
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_json", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value):
+        if isinstance(value, str) and value.strip().lower() not in (
+                "auto", "1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError("use auto, true or false")
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _expand(self) -> "Settings":

@@ -43,7 +43,7 @@ class Problem:
     code: str
     """Error code from errors.CATALOG."""
     message: str
-    """What is wrong, starting with "line N:"."""
+    """What is wrong: "line N: ..." ("record N: ..." for parquet and saved datasets)."""
 
 
 @dataclass
@@ -106,10 +106,10 @@ def _read_file(path: Path) -> tuple[list[Record], str]:
                         f"use {', '.join(FILE_TYPES)} or a dataset folder")
 
 
-def _read_jsonl(data: bytes) -> list[Record]:
+def _read_jsonl(content: bytes) -> list[Record]:
     # Parsed line by line (not by a library) so every bad line is reported with its number.
     records = []
-    for n, raw in enumerate(data.splitlines(), 1):
+    for n, raw in enumerate(content.splitlines(), 1):
         try:
             text = raw.decode("utf-8-sig" if n == 1 else "utf-8").strip()
         except UnicodeDecodeError:
@@ -124,10 +124,10 @@ def _read_jsonl(data: bytes) -> list[Record]:
     return records
 
 
-def _read_json(data: bytes) -> list[Record]:
+def _read_json(content: bytes) -> list[Record]:
     """A JSON array (each element numbered by the line it starts on) or JSON lines."""
     try:
-        text = data.decode("utf-8-sig")
+        text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return [(1, RecordError(f"is not valid UTF-8 (byte {exc.start})"))]
     stripped = text.lstrip()
@@ -138,7 +138,7 @@ def _read_json(data: bytes) -> list[Record]:
             return [(1, json.loads(text))]
         except json.JSONDecodeError:
             pass
-    return _read_jsonl(data)
+    return _read_jsonl(content)
 
 
 def _read_json_array(text: str) -> list[Record]:
@@ -178,12 +178,15 @@ def _read_csv(path: Path) -> list[Record]:
         if reader.fieldnames is None:  # reads the header; an empty file has none
             return records
         start = reader.line_num + 1
-        for row in reader:
-            if None in row:
-                records.append((start, RecordError("has more cells than the header has columns")))
-            else:
-                records.append((start, row))
-            start = reader.line_num + 1
+        try:
+            for row in reader:
+                if None in row:
+                    records.append((start, RecordError("has more cells than the header has columns")))
+                else:
+                    records.append((start, row))
+                start = reader.line_num + 1
+        except csv.Error as exc:  # e.g. a NUL byte: the rest of the file cannot be trusted
+            records.append((start, RecordError(f"unreadable CSV ({exc})")))
     return records
 
 
@@ -308,7 +311,7 @@ class DatasetReport:
     token_percentiles: dict[str, int] | None
     """{"p50", "p90", "p95", "p99", "max"} tokens per example; None without a tokenizer."""
     histogram: list[dict]
-    """Token lengths in up to 20 bins: {"bin_start" (inclusive), "bin_end" (exclusive), "count"}."""
+    """Token lengths in up to 20 bins: {"bin_start", "bin_end" (both inclusive), "count"}."""
     duplicates: int
     """Examples identical to an earlier one (case and whitespace ignored)."""
     empty: int
@@ -367,7 +370,8 @@ def _histogram(lengths: list[int]) -> list[dict]:
         return []
     low, high = min(lengths), max(lengths)
     width = max(1, -(-(high - low + 1) // HISTOGRAM_BINS))
-    bins = [{"bin_start": low + i * width, "bin_end": low + (i + 1) * width, "count": 0}
+    # Token counts are integers, so both ends are inclusive: labels read "17-19", "20-22".
+    bins = [{"bin_start": low + i * width, "bin_end": low + (i + 1) * width - 1, "count": 0}
             for i in range((high - low) // width + 1)]
     for n in lengths:
         bins[(n - low) // width]["count"] += 1

@@ -50,6 +50,19 @@ CATALOG: dict[str, ErrorSpec] = dict(
               "Split the file, or raise BACKPROPAGATE_UI__MAX_UPLOAD_MB."),
         _spec("UI_START_FAILED", "The web app did not start.",
               "Read the output above; `make install` sets up bun and the Python packages the app needs."),
+        _spec("INPUT_AUTH_INVALID", "The login given to the UI is not usable.",
+              "Pass --auth USER:PASSWORD with a password of at least 8 characters, or --auth-file with one USER:PASSWORD line."),
+        _spec("UI_OUTPUT_DIR_FORBIDDEN", "The UI output folder points at a system or credential location.",
+              "Set BACKPROPAGATE_UI__OUTPUT_DIR to a folder of its own, e.g. ~/.backpropagate/ui-outputs."),
+        _spec("UI_UPLOAD_REJECTED", "The uploaded file's content does not match its extension.",
+              "Upload real JSON lines, JSON, CSV or parquet data; the file is checked by content, not by name."),
+        _spec("UI_RATE_LIMITED", "Too many requests of this kind in a short time.",
+              "Wait the number of seconds given in the message, then try again.", retryable=True),
+        _spec("SHARE_NO_PROVIDER", "No tunnel provider is installed, so the UI cannot be shared.",
+              "Install cloudflared (https://developers.cloudflare.com/cloudflare-one/connections/connect-networks/downloads/) "
+              "or `pip install ngrok` and set NGROK_AUTHTOKEN; or share on your LAN with --host 0.0.0.0 --auth."),
+        _spec("SHARE_TUNNEL_FAILED", "The tunnel did not come up.",
+              "Read the tunnel output in the message; check the network, then retry.", retryable=True),
         # Configuration.
         _spec("CONFIG_INVALID", "The configuration has invalid values.",
               "Fix every value listed in the message; env vars use the BACKPROPAGATE_ prefix with __ for nesting."),
@@ -78,6 +91,15 @@ CATALOG: dict[str, ErrorSpec] = dict(
               "Stop it first (`backprop cancel RUN` or the Stop button)."),
         _spec("STATE_CHECKPOINT_INVALID", "No complete checkpoint was found to resume from.",
               "Start a new run; incomplete .partial checkpoint folders are ignored."),
+        _spec("STATE_DISK_FULL", "The disk filled up while a checkpoint, adapter or log was being written.",
+              "Free disk space, then `backprop resume RUN`: it continues from the last complete checkpoint "
+              "(named in the message) and removes the incomplete .partial folder.",
+              retryable=True),
+        _spec("STATE_CAMPAIGN_UNFINISHED", "A multi-run campaign with these settings stopped before its last run.",
+              "Continue it with `backprop multi-run --resume RUN`, or start a new campaign with --fresh."),
+        _spec("MERGE_NONFINITE", "Merging the LoRA adapters after a run gave NaN or infinite weights.",
+              "The previous merge is kept in the campaign state; lower the learning rate or the merge step (--schedule inv) and resume.",
+              retryable=True),
         # Export: adapter, merged weights, GGUF, Ollama, hub.
         _spec("INPUT_EXPORT_SOURCE_INVALID", "The export source is not a run, an adapter folder or a model folder.",
               "Pass a run id (see `backprop list-runs`), a folder with adapter_config.json, or a folder with config.json and safetensors weights."),
@@ -106,7 +128,7 @@ CATALOG: dict[str, ErrorSpec] = dict(
     ]
 )
 
-_EXIT_BY_PREFIX = {"INPUT": 1, "CONFIG": 1, "UI": 1}
+_EXIT_BY_PREFIX = {"INPUT": 1, "CONFIG": 1, "UI": 1, "SHARE": 1}
 
 
 class BackpropError(Exception):

@@ -51,17 +51,13 @@ def truncate(examples: list[dict], max_len: int) -> list[dict]:
 
 
 class Collator:
-    """Pads a batch and counts its non-padding tokens for the tokens/s figure."""
+    """Pads a batch; `trained` counts the non-padding tokens that went through training
+    steps (the trainer adds them as each step consumes a batch, so prefetching and
+    evaluation batches do not skew tokens/s)."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
-        self.tokens = 0
-        self.eval_tokens = 0
-        """Tokens seen in evaluation batches; subtracted from training throughput."""
-
-    @property
-    def trained(self) -> int:
-        return self.tokens - self.eval_tokens
+        self.trained = 0
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
@@ -75,7 +71,6 @@ class Collator:
             ids[i, :n] = torch.tensor(x["input_ids"])
             labels[i, :n] = torch.tensor(x["labels"])
             mask[i, :n] = 1
-            self.tokens += n
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
@@ -168,12 +163,10 @@ def _trainer_class():
         run_id: str = ""
         _staging: str | None = None
 
-        def evaluate(self, *args, **kwargs):
-            before = self.data_collator.tokens
-            try:
-                return super().evaluate(*args, **kwargs)
-            finally:
-                self.data_collator.eval_tokens += self.data_collator.tokens - before
+        def training_step(self, model, inputs, *args, **kwargs):
+            # The batch is still on the CPU here, so counting costs no device sync.
+            self.data_collator.trained += int(inputs["attention_mask"].sum())
+            return super().training_step(model, inputs, *args, **kwargs)
 
         def _get_output_dir(self, trial):
             return self._staging or super()._get_output_dir(trial)
@@ -247,7 +240,7 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
         save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps or t.save_steps,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not on_cuda,
-        gradient_checkpointing=bool(t.gradient_checkpointing), seed=t.seed, data_seed=t.seed,
+        **_checkpointing_arg(bool(t.gradient_checkpointing)), seed=t.seed, data_seed=t.seed,
         report_to=[], disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, logging_first_step=True,
     )
@@ -260,6 +253,16 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,
                       callback.last_checkpoint, _overall_rate(collator, callback))
+
+
+def _checkpointing_arg(enabled: bool) -> dict:
+    """transformers 5 renamed gradient to activation checkpointing; pass it only when on."""
+    if not enabled:
+        return {}
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": True}
 
 
 def _overall_rate(collator: Collator, callback) -> float | None:

@@ -13,6 +13,7 @@ honours stop requests.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,11 +27,13 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from backpropagate_core import events as ev
+from backpropagate_core import logs, platform_support
 from backpropagate_core.config import (DEFAULT_MODEL, LoraSettings, TrainingSettings,
                                        describe_validation, load_settings)
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs import RunStore
 
+_log = logs.get_logger(__name__)
 CANCEL_FLAG = "CANCEL"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
@@ -145,23 +148,49 @@ def execute_run(run_id: str, store: RunStore, *, extra_sinks: list | tuple = (),
     """
     run = store.get(run_id)
     config = RunConfig.model_validate(run.config)
-    sink = ev.fan_out(store.sink(), ev.JsonlSink(run.run_dir / "events.jsonl"), *extra_sinks)
+    sink = ev.fan_out(store.sink(), ev.JsonlSink(run.run_dir / "events.jsonl"), logs.log_event,
+                      *extra_sinks)
     store.claim(run.id)
     (run.run_dir / CANCEL_FLAG).unlink(missing_ok=True)
-    try:
-        with _stop_on_signals(run.run_dir / CANCEL_FLAG):
-            return _train(config, run.id, run.run_dir, sink, resume)
-    except BackpropError as err:
-        sink(ev.Failed(run.id, code=err.code, message=err.message, hint=err.hint))
-        raise
-    except Exception as err:  # noqa: BLE001 - the worker's outer edge: record a coded failure
-        coded = _classify(err)
-        sink(ev.Failed(run.id, code=coded.code, message=coded.message, hint=coded.hint))
-        raise coded from err
+    with logs.bind_run(run.id, run.run_dir / logs.RUN_LOG):
+        try:
+            with _stop_on_signals(run.run_dir / CANCEL_FLAG):
+                return _train(config, run.id, run.run_dir, sink, resume)
+        except BackpropError as err:
+            sink(ev.Failed(run.id, code=err.code, message=err.message, hint=err.hint))
+            raise
+        except Exception as err:  # noqa: BLE001 - the worker's outer edge: record a coded failure
+            coded = _classify(err, run.run_dir)
+            sink(ev.Failed(run.id, code=coded.code, message=coded.message, hint=coded.hint))
+            _log.debug("traceback of the failure above", exc_info=err)
+            raise coded from err
 
 
-def _classify(err: Exception) -> BackpropError:
+# What a full disk looks like through Python, safetensors (Rust), torch.save and SQLite.
+_DISK_FULL_TEXT = ("no space left on device", "storagefull", "not enough space on the disk",
+                   "disk quota exceeded", "file write failed", "database or disk is full")
+_DISK_FULL_ERRNO = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNO:
+            return True
+        if any(text in str(err).lower() for text in _DISK_FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _classify(err: Exception, run_dir: Path | None = None) -> BackpropError:
     text = f"{type(err).__name__}: {err}"
+    if _disk_full(err):
+        from backpropagate_core.hf_trainer import checkpoint_step, complete_checkpoints
+
+        done = sorted(complete_checkpoints(run_dir / CHECKPOINTS_DIR), key=checkpoint_step) if run_dir else []
+        last = done[-1].name if done else "none"
+        return BackpropError("STATE_DISK_FULL", f"the disk filled up while writing ({text}); "
+                                                f"last complete checkpoint: {last}")
     if "out of memory" in text.lower():
         return BackpropError("RUNTIME_TRAINING_FAILED", f"out of memory: {text}",
                              hint="Lower the batch size or max sequence length, or enable gradient checkpointing.")
@@ -183,8 +212,7 @@ class _stop_on_signals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            sigs = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") and os.name != "nt" else [])
-            for sig in sigs:
+            for sig in platform_support.stop_signals():
                 self.previous[sig] = signal.signal(sig, self._handler)
         return self
 
@@ -215,7 +243,7 @@ def prepare(config: RunConfig, log, resolved_file: Path | None = None,
     log(f"loading dataset {config.data}")
     loaded = data_mod.load(config.data, skip_bad_lines=config.training.skip_bad_lines)
     for problem in loaded.problems:
-        log(f"skipped line {problem.line}: [{problem.code}] {problem.message}", "WARNING")
+        log(f"skipped [{problem.code}] {problem.message}", "WARNING")
     log(f"{len(loaded.examples)} examples in {loaded.format} format")
 
     log(f"loading tokenizer for {config.model}")
@@ -258,6 +286,8 @@ def _train(config: RunConfig, run_id: str, run_dir: Path, sink: ev.Sink, resume:
     log = lambda msg, level="INFO": sink(ev.LogLine(run_id, message=msg, level=level))  # noqa: E731
     ckpt_root = run_dir / CHECKPOINTS_DIR
     checkpoint = trainer_hf.prepare_checkpoints(ckpt_root) if resume else None
+    if resume:
+        _remove_partials(run_dir)
     if resume and checkpoint is None:
         log("no complete checkpoint found; starting from step 0", "WARNING")
     prep = prepare(config, log, run_dir / "resolved.json", reuse_resolved=checkpoint is not None)
@@ -265,6 +295,7 @@ def _train(config: RunConfig, run_id: str, run_dir: Path, sink: ev.Sink, resume:
     for name, reason in prep.resolved.reasons.items():
         log(f"{name} = {getattr(t, name)} ({reason})")
 
+    platform_support.configure_attention(prep.hardware.device, prep.hardware.name)
     log(f"loading model {config.model}")
     base = model_mod.load_model(config.model, dtype=trainer_hf.weight_dtype(t.precision, prep.hardware.device),
                                 load_in_4bit=t.load_in_4bit, trust_remote_code=t.trust_remote_code)
@@ -294,6 +325,15 @@ def _train(config: RunConfig, run_id: str, run_dir: Path, sink: ev.Sink, resume:
                      tokens_per_s=outcome.tokens_per_s, wall_s=wall))
     return TrainResult(run_id, "completed", outcome.final_loss, outcome.step, run_dir, adapter,
                        outcome.tokens_per_s, wall)
+
+
+def _remove_partials(folder: Path) -> None:
+    """Drop what an interrupted write left (an `adapter.partial` cut short by a full disk)."""
+    for partial in folder.glob("*.partial"):
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
 
 
 def _resolve(config: RunConfig, saved: Path | None, reuse: bool, hw, train_tok: list[dict],

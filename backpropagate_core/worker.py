@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from backpropagate_core import logs, platform_support
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs import RunStore
 
@@ -28,12 +29,7 @@ _children: list[subprocess.Popen] = []
 
 def _spawn(args: list[str], store: RunStore, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "BACKPROPAGATE_HOME": str(store.home), "PYTHONUNBUFFERED": "1"}
-    kwargs: dict[str, Any] = {}
-    if os.name == "nt":
-        # A new process group so the worker survives the UI console closing.
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    else:
-        kwargs["start_new_session"] = True
+    kwargs: dict[str, Any] = platform_support.worker_popen_kwargs()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "backpropagate_core.worker", *args],
@@ -136,14 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
 
-    from backpropagate_core.train import execute_run
+    # The run id comes first in the worker's output, before torch loads, so a crash in
+    # imports can still be matched to its run.
+    logs.setup_logging()
+    with logs.bind_run(args.run_id):
+        logs.get_logger(__name__).info("run_started run_id=%s resume=%s pid=%s", args.run_id,
+                                       args.resume, os.getpid())
+        from backpropagate_core.train import execute_run
 
-    try:
-        execute_run(args.run_id, RunStore(), resume=args.resume)
-        return 0
-    except BackpropError as err:
-        print(f"[{err.code}] {err.message}", file=sys.stderr)
-        return err.exit_code
+        try:
+            execute_run(args.run_id, RunStore(), resume=args.resume)
+            return 0
+        except BackpropError as err:
+            print(f"[{err.code}] {err.message}", file=sys.stderr)
+            return err.exit_code
 
 
 if __name__ == "__main__":

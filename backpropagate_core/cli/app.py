@@ -63,11 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("aborted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's outer edge turns anything into a coded error
-        import click
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show()
-            return 2
-        if isinstance(exc, click.exceptions.ClickException):
+        # Typer's own click exceptions (usage errors exit 2) print themselves.
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         if _state["verbose"]:

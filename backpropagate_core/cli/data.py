@@ -81,7 +81,7 @@ def _histogram_table(histogram: list[dict]) -> Table:
     peak = max(b["count"] for b in histogram) or 1
     for b in histogram:
         bar = "█" * round(_BAR_WIDTH * b["count"] / peak)
-        table.add_row(f"{b['bin_start']}–{b['bin_end'] - 1}", str(b["count"]), f"[cyan]{bar}[/]")
+        table.add_row(f"{b['bin_start']}–{b['bin_end']}", str(b["count"]), f"[cyan]{bar}[/]")
     return table
 
 

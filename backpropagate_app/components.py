@@ -1,0 +1,82 @@
+"""Small pure functions returning components the pages share: cards, stats, errors, charts."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from backpropagate_app.display import STATUS_COLORS
+
+
+def card(*children, title: str = "", **props) -> rx.Component:
+    heading = [rx.heading(title, size="4", margin_bottom="0.5em")] if title else []
+    return rx.card(rx.vstack(*heading, *children, spacing="3", width="100%"),
+                   width="100%", **props)
+
+
+def stat(label: str, value: rx.Var | str, test_id: str = "") -> rx.Component:
+    return rx.vstack(
+        rx.text(label, size="1", color_scheme="gray"),
+        rx.text(value, size="4", weight="bold", data_testid=test_id or None),
+        spacing="0", min_width="7em",
+    )
+
+
+def status_badge(status: rx.Var | str, **props) -> rx.Component:
+    """A coloured badge for a run status."""
+    color = rx.match(status, *[(s, c) for s, c in STATUS_COLORS.items()], "gray")
+    return rx.badge(status, color_scheme=color, variant="soft", **props)
+
+
+def error_callout(error: rx.Var, test_id: str = "error") -> rx.Component:
+    """The coded error view ({code, message, hint}); renders nothing when `error` is empty."""
+    return rx.cond(
+        error.contains("code"),
+        rx.callout.root(
+            rx.callout.icon(rx.icon("triangle-alert")),
+            rx.vstack(
+                rx.text(rx.text.strong("[", error["code"], "] "), error["message"]),
+                rx.text("Hint: ", error["hint"], size="2"),
+                spacing="1",
+            ),
+            color_scheme="red", role="alert", width="100%", data_testid=test_id,
+        ),
+    )
+
+
+def loss_chart(points: rx.Var, height: int = 280, test_id: str = "loss-chart") -> rx.Component:
+    """Training loss per step, with validation loss where evals ran; no animation so live
+    updates draw at once."""
+    return rx.box(
+        rx.recharts.line_chart(
+            rx.recharts.cartesian_grid(stroke_dasharray="3 3"),
+            rx.recharts.line(data_key="loss", name="train loss", stroke=rx.color("accent", 9),
+                             dot=False, is_animation_active=False, type_="monotone"),
+            rx.recharts.line(data_key="eval_loss", name="validation loss",
+                             stroke=rx.color("orange", 9), connect_nulls=True,
+                             is_animation_active=False),
+            rx.recharts.x_axis(data_key="step", type_="number", domain=["dataMin", "dataMax"],
+                               allow_decimals=False),
+            rx.recharts.y_axis(domain=["auto", "auto"], width=60),
+            rx.recharts.tooltip(),
+            rx.recharts.legend(),
+            data=points, width="100%", height=height,
+        ),
+        width="100%", data_testid=test_id, data_points=points.length(),
+    )
+
+
+def spark(points: rx.Var) -> rx.Component:
+    return rx.recharts.line_chart(
+        rx.recharts.line(data_key="loss", dot=False, is_animation_active=False,
+                         stroke=rx.color("accent", 9), stroke_width=1.5),
+        rx.recharts.y_axis(domain=["auto", "auto"], hide=True),
+        data=points, width=110, height=28,
+    )
+
+
+def empty_note(text: str, test_id: str = "") -> rx.Component:
+    return rx.text(text, color_scheme="gray", size="2", data_testid=test_id or None)
+
+
+def code_text(value) -> rx.Component:
+    return rx.code(value, variant="ghost", size="2", style={"word_break": "break-all"})

@@ -1,0 +1,423 @@
+"""Turn engine data (runs, event dicts, reports, plans) into what the pages show.
+
+Plain functions and one accumulator class, no Reflex: the States call these and copy the
+results into their vars, and the unit tests check them without a browser.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable
+
+from backpropagate_core.config import LoraSettings, TrainingSettings
+from backpropagate_core.errors import BackpropError
+
+MAX_CHART_POINTS = 400
+"""Charts get at most this many points; longer runs are thinned evenly (last point kept)."""
+LOG_LINES = 200
+RESUMABLE = ("interrupted", "cancelled", "failed")
+STATUS_COLORS = {"queued": "gray", "running": "blue", "completed": "green", "failed": "red",
+                 "cancelled": "orange", "interrupted": "amber"}
+
+# ---- formatting ---------------------------------------------------------------------------
+
+DASH = "—"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return DASH
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def fmt_loss(value: float | None) -> str:
+    return DASH if value is None else f"{value:.4f}"
+
+
+def fmt_lr(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2e}"
+
+
+def fmt_rate(value: float | None) -> str:
+    return DASH if value is None else f"{value:,.0f} tok/s"
+
+
+def fmt_time(ts: float | None) -> str:
+    return DASH if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def fmt_clock(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def short_name(spec: str | None) -> str:
+    """A model or dataset spec as a short label: paths become their last part, hub ids stay."""
+    if not spec:
+        return DASH
+    looks_like_path = spec.startswith(("/", "~", ".")) or Path(spec).expanduser().exists()
+    return Path(spec).name if looks_like_path else spec
+
+
+def error_view(err: BackpropError) -> dict[str, str]:
+    return {"code": err.code, "message": err.message, "hint": err.hint}
+
+
+def unexpected_error(exc: Exception) -> dict[str, str]:
+    """A coded error for anything a UI task did not expect (the UI's outer edge)."""
+    return error_view(BackpropError("RUNTIME_UNEXPECTED", f"{type(exc).__name__}: {exc}"))
+
+
+# ---- charts --------------------------------------------------------------------------------
+
+def thin(points: list[dict], limit: int = MAX_CHART_POINTS) -> list[dict]:
+    """At most `limit` points spread evenly over the list, always keeping the last one."""
+    if len(points) <= limit:
+        return list(points)
+    stride = len(points) / (limit - 1)
+    picked = [points[int(i * stride)] for i in range(limit - 1)]
+    return picked + [points[-1]]
+
+
+def loss_points(events: Iterable[dict]) -> list[dict]:
+    """Chart points {step, loss, eval_loss} from step and eval events, in step order."""
+    by_step: dict[int, dict] = {}
+    for event in events:
+        if event.get("type") == "step":
+            point = by_step.setdefault(event["step"], {"step": event["step"]})
+            point["loss"] = _round(event.get("loss"))
+        elif event.get("type") == "eval":
+            point = by_step.setdefault(event["step"], {"step": event["step"]})
+            point["eval_loss"] = _round(event.get("loss"))
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def sparkline(losses: list[float | None], width: int = 30) -> list[dict]:
+    """A tiny chart's points {i, loss} from a run's step losses."""
+    values = [v for v in losses if v is not None]
+    return [{"i": i, "loss": v} for i, v in enumerate(
+        p["v"] for p in thin([{"v": v} for v in values], width))]
+
+
+def histogram_bars(histogram: list[dict]) -> list[dict]:
+    """Bars {range, count} from the report's token-length histogram."""
+    return [{"range": f"{h['bin_start']}-{h['bin_end']}", "count": h["count"]} for h in histogram]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 5)
+
+
+# ---- hardware -----------------------------------------------------------------------------
+
+def hardware_view(sample: dict | None) -> list[dict]:
+    """Rows {label, value, pct} for the hardware panel; pct is -1 where no bar applies."""
+    if not sample:
+        return []
+    rows: list[dict] = []
+    if sample.get("gpu_name") or sample.get("vram_total_mb"):
+        rows.append(_row("GPU", sample.get("gpu_name") or sample.get("device", "GPU")))
+        if sample.get("gpu_util_pct") is not None:
+            rows.append(_row("Utilisation", f"{sample['gpu_util_pct']:.0f}%", sample["gpu_util_pct"]))
+        if sample.get("vram_total_mb"):
+            rows.append(_mem_row("VRAM", sample.get("vram_used_mb"), sample["vram_total_mb"]))
+        if sample.get("gpu_temp_c") is not None:
+            rows.append(_row("Temperature", f"{sample['gpu_temp_c']:.0f} °C"))
+        if sample.get("power_w") is not None:
+            rows.append(_row("Power", f"{sample['power_w']:.0f} W"))
+    if sample.get("cpu_pct") is not None:
+        rows.append(_row("CPU", f"{sample['cpu_pct']:.0f}%", sample["cpu_pct"]))
+    if sample.get("ram_total_mb"):
+        rows.append(_mem_row("RAM", sample.get("ram_used_mb"), sample["ram_total_mb"]))
+    return rows
+
+
+def _row(label: str, value: str, pct: float = -1) -> dict:
+    return {"label": label, "value": value, "pct": round(float(pct), 1)}
+
+
+def _mem_row(label: str, used_mb: float | None, total_mb: float) -> dict:
+    used = used_mb or 0.0
+    return _row(label, f"{used / 1024:.1f} / {total_mb / 1024:.1f} GB", 100 * used / total_mb)
+
+
+# ---- event log ----------------------------------------------------------------------------
+
+def log_line(event: dict) -> dict | None:
+    """One line {time, kind, text} for the event log; None for events the log leaves out."""
+    kind = event.get("type", "")
+    text = _LOG_TEXT.get(kind, lambda e: None)(event)
+    if text is None:
+        return None
+    return {"time": fmt_clock(event.get("ts")), "kind": kind, "text": text}
+
+
+def _step_text(e: dict) -> str | None:
+    step, total = e.get("step", 0), e.get("total") or 0
+    every = max(1, total // 20)
+    if step != 1 and step % every and step != total:
+        return None  # the chart shows every step; the log keeps about twenty
+    return f"step {step}/{total} · loss {fmt_loss(e.get('loss'))} · {fmt_rate(e.get('tokens_per_s'))}"
+
+
+_LOG_TEXT: dict[str, Any] = {
+    "run_started": lambda e: (f"started · {e.get('total_steps', 0)} steps"
+                              + (f", resumed from step {e['resumed_from_step']}"
+                                 if e.get("resumed_from_step") else "")),
+    "step": _step_text,
+    "eval": lambda e: f"eval at step {e.get('step')} · {e.get('split', 'validation')} loss {fmt_loss(e.get('loss'))}",
+    "checkpoint": lambda e: f"checkpoint at step {e.get('step')} → {e.get('path')}",
+    "log": lambda e: f"{e.get('level', 'INFO')}: {e.get('message', '')}",
+    "finished": lambda e: f"finished · final loss {fmt_loss(e.get('final_loss'))} after {e.get('steps')} steps",
+    "failed": lambda e: f"failed [{e.get('code')}] {e.get('message', '')}",
+    "cancelled": lambda e: f"stopped at step {e.get('step')}"
+                           + (f" · checkpoint {e['checkpoint']}" if e.get("checkpoint") else ""),
+}
+
+
+# ---- following a run ----------------------------------------------------------------------
+
+class RunTail:
+    """Folds a run's events, as read from the store, into the live view of that run.
+
+    The background task keeps one per followed run outside the State, feeds it the rows
+    `RunStore.events(run_id, after_id)` returns, and copies `view()` into the State only
+    when something changed.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.after_id = 0
+        self.points: dict[int, dict] = {}
+        self.last_step: dict | None = None
+        self.hardware: dict | None = None
+        self.finished: dict | None = None
+        self.reasons: dict = {}
+        self.config: dict = {}
+        self.log: deque[dict] = deque(maxlen=LOG_LINES)
+
+    def feed(self, rows: list[tuple[int, dict]]) -> bool:
+        """Fold new (row id, event) pairs; True when any arrived."""
+        for row_id, event in rows:
+            self.after_id = max(self.after_id, row_id)
+            kind = event.get("type")
+            if kind == "step":
+                self.last_step = event
+                point = self.points.setdefault(event["step"], {"step": event["step"]})
+                point["loss"] = _round(event.get("loss"))
+            elif kind == "eval":
+                point = self.points.setdefault(event["step"], {"step": event["step"]})
+                point["eval_loss"] = _round(event.get("loss"))
+            elif kind == "hardware":
+                self.hardware = event
+            elif kind == "run_started":
+                self.config, self.reasons = event.get("config") or {}, event.get("reasons") or {}
+                if event.get("resumed_from_step"):
+                    # The resumed worker replays from the checkpoint: later steps are redone.
+                    self.points = {k: v for k, v in self.points.items()
+                                   if k <= event["resumed_from_step"]}
+            elif kind == "finished":
+                self.finished = event
+            line = log_line(event)
+            if line is not None:
+                self.log.append(line)
+        return bool(rows)
+
+    def view(self, run: dict) -> dict:
+        """The run panel: the run row (`Run.to_dict()`) merged with what the events said."""
+        step_event = self.last_step or {}
+        step = run.get("step") or step_event.get("step") or 0
+        total = run.get("total_steps") or step_event.get("total") or 0
+        status = run.get("status", "")
+        tokens = step_event.get("tokens_per_s")
+        if self.finished and self.finished.get("tokens_per_s"):
+            tokens = self.finished["tokens_per_s"]
+        return {
+            "run_id": run.get("id", self.run_id),
+            "name": run.get("name") or run.get("id", self.run_id)[:8],
+            "status": status,
+            "active": status in ("queued", "running"),
+            "model": run.get("model") or "",
+            "dataset": run.get("dataset") or "",
+            "step": step,
+            "total": total,
+            "progress": round(100 * step / total, 1) if total else 0.0,
+            "loss": fmt_loss(run.get("last_loss") if run.get("last_loss") is not None
+                             else step_event.get("loss")),
+            "final_loss": fmt_loss(run.get("final_loss")),
+            "tokens_per_s": fmt_rate(tokens),
+            "lr": fmt_lr(step_event.get("lr")),
+            "eta": fmt_duration(step_event.get("eta_s")) if status == "running" else DASH,
+            "elapsed": fmt_duration(run.get("duration_s")),
+            "points": thin([self.points[k] for k in sorted(self.points)]),
+            "hardware": hardware_view(self.hardware),
+            "log": list(reversed(self.log)),
+            "artifacts": [{"name": k, "path": v} for k, v in sorted((run.get("artifacts") or {}).items())],
+            "error": ({"code": run["error_code"], "message": run.get("error_message") or "",
+                       "hint": run.get("error_hint") or ""} if run.get("error_code")
+                      and status in ("failed", "interrupted") else {}),
+            "resumable": status in RESUMABLE,
+        }
+
+
+EMPTY_RUN_VIEW: dict = RunTail("").view({"id": "", "status": ""}) | {"name": ""}
+
+
+# ---- runs table -------------------------------------------------------------------------
+
+def run_row(run: dict, spark: list[dict]) -> dict:
+    """One row of the Runs table from `Run.to_dict()` and the run's sparkline points."""
+    return {
+        "id": run["id"],
+        "short_id": run["id"][:8],
+        "name": run.get("name") or run["id"][:8],
+        "kind": run.get("kind") or "train",
+        "status": run["status"],
+        "model": short_name(run.get("model")),
+        "dataset": short_name(run.get("dataset")),
+        "started": fmt_time(run.get("started_at") or run.get("created_at")),
+        "duration": fmt_duration(run.get("duration_s")),
+        "loss": fmt_loss(run.get("final_loss") if run.get("final_loss") is not None
+                         else run.get("last_loss")),
+        "progress": f"{run.get('step') or 0}/{run.get('total_steps') or 0}",
+        "spark": spark,
+    }
+
+
+def config_rows(config: dict, reasons: dict) -> list[dict]:
+    """Flat {key, value, reason} rows of a run config (nested lora/training sections)."""
+    rows = []
+    for key, value in _flatten(config):
+        leaf = key.rsplit(".", 1)[-1]
+        rows.append({"key": key, "value": _text(value), "reason": reasons.get(leaf, "")})
+    return rows
+
+
+def _flatten(config: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += _flatten(value, name + ".")
+        else:
+            out.append((name, value))
+    return out
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def event_rows(rows: list[tuple[int, dict]]) -> list[dict]:
+    """{time, kind, text} rows for the run detail's event table (every event kind)."""
+    out = []
+    for _row_id, event in rows:
+        line = log_line(event)
+        if line is None and event.get("type") == "step":
+            line = {"time": fmt_clock(event.get("ts")), "kind": "step",
+                    "text": f"step {event.get('step')}/{event.get('total')} · loss {fmt_loss(event.get('loss'))}"}
+        elif line is None and event.get("type") == "hardware":
+            parts = [f"{r['label']} {r['value']}" for r in hardware_view(event)]
+            line = {"time": fmt_clock(event.get("ts")), "kind": "hardware", "text": " · ".join(parts)}
+        if line is not None:
+            out.append(line)
+    return out
+
+
+# ---- the training form --------------------------------------------------------------------
+
+FORM_FIELDS: list[tuple[str, str, type]] = [
+    ("steps", "Steps", int),
+    ("learning_rate", "Learning rate", float),
+    ("batch_size", "Batch size", int),
+    ("grad_accum", "Gradient accumulation", int),
+    ("max_seq_len", "Max sequence length", int),
+    ("r", "LoRA rank", int),
+    ("alpha", "LoRA alpha", int),
+]
+"""(config key, label, type) of the hyperparameters the Train page lets a person edit."""
+
+_DESCRIPTIONS = {**{k: f.description for k, f in TrainingSettings.model_fields.items()},
+                 **{k: f.description for k, f in LoraSettings.model_fields.items()}}
+
+
+def plan_form(plan: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """Form values and a caption per field from `worker.plan()` output."""
+    config = dict(_flatten(plan.get("config") or {}))
+    leaves = {k.rsplit(".", 1)[-1]: v for k, v in config.items()}
+    reasons = plan.get("reasons") or {}
+    values, captions = {}, {}
+    for key, _label, _type in FORM_FIELDS:
+        value = leaves.get(key)
+        values[key] = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+        captions[key] = reasons.get(key) or _default_caption(key)
+    return values, captions
+
+
+def default_captions() -> dict[str, str]:
+    return {key: _default_caption(key) for key, _l, _t in FORM_FIELDS}
+
+
+def _default_caption(key: str) -> str:
+    return _DESCRIPTIONS.get(key) or ""
+
+
+def form_overrides(form: dict[str, str], planned: dict[str, str]) -> dict[str, Any]:
+    """Overrides for `start_run`: the fields a person changed from the plan (blank = auto).
+
+    Raises one CONFIG_INVALID listing every field that is not a number of the right kind.
+    """
+    overrides: dict[str, Any] = {}
+    problems = []
+    for key, label, kind in FORM_FIELDS:
+        text = (form.get(key) or "").strip()
+        if not text or text == (planned.get(key) or "").strip():
+            continue
+        try:
+            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        except ValueError:
+            problems.append(f"{label}: {text!r} is not {'a whole number' if kind is int else 'a number'}")
+            continue
+        if value <= 0:
+            problems.append(f"{label}: must be greater than 0 (got {text})")
+            continue
+        overrides[key] = value
+    if problems:
+        raise BackpropError("CONFIG_INVALID", "; ".join(problems))
+    return overrides
+
+
+# ---- dataset report -------------------------------------------------------------------------
+
+def report_view(report: dict) -> dict:
+    """Summary figures, chart bars, problems and chat previews from a dataset report."""
+    pct = report.get("token_percentiles") or {}
+    return {
+        "format": report.get("format", ""),
+        "examples": str(report.get("examples", 0)),
+        "duplicates": str(report.get("duplicates", 0)),
+        "empty": str(report.get("empty", 0)),
+        "over_long": str(report.get("over_long", 0)),
+        "tokens": (f"p50 {pct.get('p50')} · p95 {pct.get('p95')} · max {pct.get('max')}"
+                   if pct else "no tokenizer: token counts skipped"),
+        "total_tokens": f"{report['total_tokens']:,}" if report.get("total_tokens") else DASH,
+        "histogram": histogram_bars(report.get("histogram") or []),
+        "problems": [{"line": DASH if p.get("line") is None else str(p["line"]),
+                      "code": p.get("code", ""), "message": p.get("message", "")}
+                     for p in (report.get("problems") or [])[:200]],
+        "problem_count": len(report.get("problems") or []),
+        "preview": [[{"role": m.get("role", "text"), "content": str(m.get("content", ""))[:2000]}
+                     for m in messages] for messages in (report.get("preview") or [])[:5]],
+    }

@@ -1,0 +1,208 @@
+"""One run: live panel, config with the reasons for each default, events, artifacts,
+Resume and Delete."""
+
+from __future__ import annotations
+
+import asyncio
+
+import reflex as rx
+
+from backpropagate_app import components as ui
+from backpropagate_app import engine
+from backpropagate_app.display import config_rows, error_view, event_rows, unexpected_error
+from backpropagate_app.live import RunView, run_panel
+from backpropagate_app.shell import Page, ShellState, layout
+from backpropagate_core.errors import BackpropError
+
+ROUTE = "/runs/[run_key]"
+EVENT_ROWS = 300
+
+
+def read_details(run_id: str) -> tuple[list[dict], list[dict], str]:
+    """(config rows, last events, kind) for a run; config and reasons come from the
+    run_started event (defaults resolved) when there is one, else the config as given."""
+    store = engine.store()
+    run = store.get(run_id)
+    started = store.events(run.id, types=("run_started",))
+    config, reasons = run.config, {}
+    if started:
+        config, reasons = started[-1][1].get("config") or config, started[-1][1].get("reasons") or {}
+    rows = store.events(run.id)[-EVENT_ROWS:]
+    return config_rows(config, reasons), list(reversed(event_rows(rows))), run.kind
+
+
+class RunDetailState(RunView, rx.State):
+    config: list[dict[str, str]] = []
+    events: list[dict[str, str]] = []
+    kind: str = "train"
+    missing: bool = False
+    action_error: dict[str, str] = {}
+    confirm_delete: bool = False
+
+    def _route_run_id(self) -> str:
+        key = self.router.page.params.get("run_key") or self.router.url.path.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            return engine.store().get(key).id
+        except BackpropError:
+            return ""
+
+    @rx.event
+    def load(self):
+        self.run_id = self._route_run_id()
+        self.missing, self.action_error, self.confirm_delete = not self.run_id, {}, False
+        self.config, self.events = [], []
+        if self.run_id:
+            return [RunDetailState.follow, RunDetailState.follow_details]
+
+    @rx.event(background=True)
+    async def follow(self):
+        await self._follow(lambda current: current)
+
+    @rx.event(background=True)
+    async def follow_details(self):
+        """Config and the event table, refreshed every second while the run is active."""
+        async with self:
+            run_id = self.run_id
+        while True:
+            try:
+                config, events, kind = await asyncio.to_thread(read_details, run_id)
+            except BackpropError:
+                return  # deleted
+            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
+                async with self:
+                    self.action_error = unexpected_error(exc)
+                return
+            async with self:
+                if self.run_id != run_id:
+                    return
+                self.config, self.events, self.kind = config, events, kind
+                active = self.active or self.status in ("", "queued", "running")
+            await asyncio.sleep(1.0 if active else 3.0)
+
+    @rx.event(background=True)
+    async def resume(self):
+        async with self:
+            run_id, self.action_error = self.run_id, {}
+        try:
+            await asyncio.to_thread(engine.resume_run, run_id)
+        except BackpropError as err:
+            async with self:
+                self.action_error = error_view(err)
+
+    @rx.event
+    def set_confirm_delete(self, value: bool):
+        self.confirm_delete = value
+
+    @rx.event
+    def delete(self):
+        try:
+            engine.store().delete(self.run_id)
+        except BackpropError as err:
+            self.confirm_delete, self.action_error = False, error_view(err)
+            return
+        self.confirm_delete = False
+        return rx.redirect("/runs")
+
+
+# ---- layout -------------------------------------------------------------------------------
+
+def actions() -> rx.Component:
+    S = RunDetailState
+    return rx.hstack(
+        rx.cond(S.resumable & (S.kind == "train"),
+                rx.button(rx.icon("play"), "Resume", on_click=S.resume, data_testid="resume")),
+        rx.cond(S.active,
+                rx.link(rx.button(rx.icon("flame"), "Watch on Train page", variant="soft"), href="/train")),
+        rx.alert_dialog.root(
+            rx.alert_dialog.trigger(
+                rx.button(rx.icon("trash-2"), "Delete", color_scheme="red", variant="soft",
+                          disabled=S.active, data_testid="delete"),
+            ),
+            rx.alert_dialog.content(
+                rx.alert_dialog.title("Delete this run?"),
+                rx.alert_dialog.description(
+                    "The run, its events, checkpoints and adapter folder are removed. This cannot be undone."),
+                rx.hstack(
+                    rx.alert_dialog.cancel(rx.button("Keep it", variant="soft", color_scheme="gray")),
+                    rx.alert_dialog.action(rx.button("Delete", color_scheme="red", on_click=S.delete,
+                                                     data_testid="confirm-delete")),
+                    spacing="3", justify="end", margin_top="1em",
+                ),
+            ),
+            open=S.confirm_delete, on_open_change=S.set_confirm_delete,
+        ),
+        spacing="3",
+    )
+
+
+def config_card() -> rx.Component:
+    S = RunDetailState
+    row = lambda c: rx.table.row(rx.table.cell(rx.code(c["key"], size="1")), rx.table.cell(c["value"]),
+                                 rx.table.cell(rx.text(c["reason"], size="1", color_scheme="gray")))  # noqa: E731
+    return ui.card(
+        rx.scroll_area(
+            rx.table.root(rx.table.body(rx.foreach(S.config, row)), size="1", width="100%",
+                          data_testid="config"),
+            type="auto", scrollbars="vertical", style={"max_height": "24em"},
+        ),
+        title="Configuration (defaults resolved)",
+    )
+
+
+def events_card() -> rx.Component:
+    S = RunDetailState
+    row = lambda e: rx.table.row(rx.table.cell(rx.text(e["time"], size="1", font_family="monospace")),
+                                 rx.table.cell(rx.badge(e["kind"], variant="outline", size="1")),
+                                 rx.table.cell(rx.text(e["text"], size="1")))  # noqa: E731
+    return ui.card(
+        rx.scroll_area(
+            rx.table.root(rx.table.body(rx.foreach(S.events, row)), size="1", width="100%",
+                          data_testid="events"),
+            type="auto", scrollbars="vertical", style={"max_height": "24em"},
+        ),
+        title="All events (newest first)",
+    )
+
+
+def artifacts_card() -> rx.Component:
+    S = RunDetailState
+    item = lambda a: rx.hstack(rx.badge(a["name"], variant="soft"), ui.code_text(a["path"]), align="center")  # noqa: E731
+    return ui.card(
+        rx.cond(S.artifacts.length() > 0,
+                rx.vstack(rx.foreach(S.artifacts, item), spacing="2", data_testid="detail-artifacts"),
+                ui.empty_note("No artifacts yet: a run records its adapter when it completes.")),
+        title="Artifacts",
+    )
+
+
+def run_detail_page() -> rx.Component:
+    S = RunDetailState
+    title = rx.hstack(
+        rx.heading(S.name, size="4", data_testid="detail-name"),
+        rx.code(S.run_id, size="1", variant="ghost"),
+        rx.spacer(),
+        actions(),
+        align="center", width="100%", wrap="wrap",
+    )
+    return layout(
+        "/runs", "Run",
+        rx.link(rx.hstack(rx.icon("arrow-left", size=14), rx.text("All runs"), align="center"),
+                href="/runs", size="2"),
+        rx.cond(
+            S.missing,
+            ui.card(ui.empty_note("No run with that id: it may have been deleted.", test_id="run-missing")),
+            rx.vstack(
+                ui.error_callout(S.action_error, test_id="action-error"),
+                rx.text(S.model, " · ", S.dataset, size="2", color_scheme="gray",
+                        style={"word_break": "break-all"}),
+                run_panel(S, title),
+                rx.grid(config_card(), artifacts_card(), columns=rx.breakpoints(initial="1", lg="2"),
+                        spacing="4", width="100%"),
+                events_card(),
+                spacing="4", width="100%",
+            ),
+        ),
+    )
+
+
+PAGE = Page(ROUTE, "Run", run_detail_page, [ShellState.watch, RunDetailState.load])

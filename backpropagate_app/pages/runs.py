@@ -1,0 +1,114 @@
+"""Runs: every run in the store, filterable by status, each with a loss sparkline."""
+
+from __future__ import annotations
+
+import asyncio
+
+import reflex as rx
+
+from backpropagate_app import components as ui
+from backpropagate_app import engine
+from backpropagate_app.display import run_row, sparkline, unexpected_error
+from backpropagate_app.shell import Page, ShellState, layout
+from backpropagate_core.runs import STATUSES
+
+ALL = "all"
+LIMIT = 200
+
+
+class SparkCache:
+    """Sparkline points per run, recomputed only when the run's step moved."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[int, list[dict]]] = {}
+
+    def get(self, run) -> list[dict]:
+        cached = self._cache.get(run.id)
+        if cached is None or cached[0] != run.step:
+            losses = [e.get("loss") for _i, e in engine.store().events(run.id, types=("step",))]
+            cached = self._cache[run.id] = (run.step, sparkline(losses))
+        return cached[1]
+
+
+def read_rows(status: str, sparks: SparkCache, kind: str | None = None) -> list[dict]:
+    runs = engine.store().list(status=None if status == ALL else status, kind=kind, limit=LIMIT)
+    return [run_row(r.to_dict(), sparks.get(r)) for r in runs]
+
+
+class RunsState(rx.State):
+    status_filter: str = ALL
+    rows: list[dict] = []
+    error: dict[str, str] = {}
+
+    @rx.event(background=True)
+    async def watch(self):
+        """Re-read the table every second while the page is open."""
+        sparks, shown = SparkCache(), None
+        while True:
+            async with self:
+                status = self.status_filter
+            try:
+                rows, error = await asyncio.to_thread(read_rows, status, sparks), {}
+            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
+                rows, error = shown or [], unexpected_error(exc)
+            if (rows, error) != shown:
+                async with self:
+                    if self.status_filter == status:
+                        self.rows, self.error = rows, error
+                        shown = (rows, error)
+            await asyncio.sleep(1.0)
+
+    @rx.event
+    def set_filter(self, value: str):
+        self.status_filter = value
+        self.rows = read_rows(value, SparkCache())
+
+
+def runs_table(rows: rx.Var, empty_text: str) -> rx.Component:
+    """The runs table; used by the Runs page and, filtered, by the Multi-Run and Export pages."""
+    def row(r) -> rx.Component:
+        return rx.table.row(
+            rx.table.cell(rx.link(r["name"], href="/runs/" + r["id"].to(str), weight="bold"),
+                          rx.text(r["short_id"], size="1", color_scheme="gray")),
+            rx.table.cell(ui.status_badge(r["status"])),
+            rx.table.cell(r["model"]),
+            rx.table.cell(r["dataset"]),
+            rx.table.cell(r["started"]),
+            rx.table.cell(r["duration"]),
+            rx.table.cell(r["progress"]),
+            rx.table.cell(r["loss"]),
+            rx.table.cell(ui.spark(r["spark"])),
+            data_testid="run-row", data_status=r["status"],
+        )
+
+    headers = ["Run", "Status", "Model", "Dataset", "Started", "Duration", "Steps", "Loss", "Curve"]
+    return rx.cond(
+        rows.length() > 0,
+        rx.box(
+            rx.table.root(
+                rx.table.header(rx.table.row(*[rx.table.column_header_cell(h) for h in headers])),
+                rx.table.body(rx.foreach(rows, row)),
+                width="100%", variant="surface", data_testid="runs-table",
+            ),
+            overflow_x="auto", width="100%",
+        ),
+        ui.empty_note(empty_text, test_id="runs-empty"),
+    )
+
+
+def runs_page() -> rx.Component:
+    S = RunsState
+    return layout(
+        "/runs", "Runs",
+        rx.hstack(
+            rx.text("Status", size="2"),
+            rx.select([ALL, *STATUSES], value=S.status_filter, on_change=S.set_filter,
+                      data_testid="status-filter"),
+            align="center",
+        ),
+        ui.error_callout(S.error),
+        runs_table(S.rows, "No runs match. Start one on the Train page."),
+    )
+
+
+PAGE = Page("/runs", "Runs", runs_page, [ShellState.watch, RunsState.watch])

@@ -1,0 +1,270 @@
+"""Train: pick a model and a dataset, check the planned settings, start, watch, stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import reflex as rx
+
+from backpropagate_app import components as ui
+from backpropagate_app import engine
+from backpropagate_app.display import (FORM_FIELDS, EMPTY_RUN_VIEW, default_captions,
+                                       error_view, form_overrides, plan_form, unexpected_error)
+from backpropagate_app.live import RunView, run_panel
+from backpropagate_app.shell import Page, ShellState, layout
+from backpropagate_core.errors import BackpropError
+
+
+def run_to_show(current: str) -> str:
+    """The newest active run if there is one (started here, in another tab or from the
+    CLI), else the run already shown, else the newest training run."""
+    runs = engine.store().list(kind="train", limit=20)
+    active = [r for r in runs if r.active]
+    if active:
+        return active[0].id
+    if current:
+        return current
+    return runs[0].id if runs else ""
+
+
+class TrainState(RunView, rx.State):
+    presets: list[dict[str, str]] = []
+    model_choice: str = ""
+    custom_model: str = ""
+    datasets: list[dict[str, str]] = []
+    dataset_path: str = ""
+    run_name: str = ""
+    form: dict[str, str] = {}
+    planned: dict[str, str] = {}
+    captions: dict[str, str] = {}
+    planning: bool = False
+    plan_error: dict[str, str] = {}
+    start_error: dict[str, str] = {}
+    starting: bool = False
+    stopping: bool = False
+
+    @rx.event
+    def load(self):
+        self.presets = engine.preset_options()
+        self.datasets = engine.workspace_files()
+        if not self.model_choice:
+            model = engine.default_model()
+            preset_names = {p["value"] for p in self.presets}
+            self.model_choice = model if model in preset_names else engine.CUSTOM_MODEL
+            self.custom_model = "" if model in preset_names else model
+        wanted = self.router.url.query_parameters.get("data", "")
+        if wanted:
+            self.dataset_path = wanted
+        elif not self.dataset_path and self.datasets:
+            quickstart = [d["path"] for d in self.datasets if d["label"].endswith("quickstart.jsonl")]
+            self.dataset_path = (quickstart or [self.datasets[0]["path"]])[0]
+        if not self.captions:
+            self.captions = default_captions()
+            self.form = {key: "" for key, _label, _type in FORM_FIELDS}
+        self.run_id = run_to_show(self.run_id)
+        return [TrainState.follow, TrainState.refresh_plan]
+
+    @rx.event(background=True)
+    async def follow(self):
+        await self._follow(run_to_show)
+
+    @rx.event(background=True)
+    async def refresh_plan(self):
+        """Ask the engine for its defaults (and why) for this model and dataset."""
+        async with self:
+            key = (self.model_choice, self.custom_model, self.dataset_path)
+            try:
+                model = engine.model_spec(self.model_choice, self.custom_model)
+            except BackpropError:
+                return
+            data = self.dataset_path
+            if not data:
+                return
+            self.planning, self.plan_error = True, {}
+        try:
+            values, captions = plan_form(await asyncio.to_thread(engine.plan, model, data))
+            error = {}
+        except BackpropError as err:
+            values, captions, error = None, None, error_view(err)
+        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
+            values, captions, error = None, None, unexpected_error(exc)
+        async with self:
+            self.planning = False
+            if (self.model_choice, self.custom_model, self.dataset_path) == key:
+                self.plan_error = error
+                if values is not None:
+                    self.form, self.planned, self.captions = values, dict(values), captions
+
+    @rx.event
+    def set_model_choice(self, value: str):
+        self.model_choice = value
+        if value != engine.CUSTOM_MODEL:
+            return TrainState.refresh_plan
+
+    @rx.event
+    def set_custom_model(self, value: str):
+        self.custom_model = value
+
+    @rx.event
+    def custom_model_done(self, _value: str = ""):
+        return TrainState.refresh_plan
+
+    @rx.event
+    def set_dataset(self, value: str):
+        self.dataset_path = value
+        return TrainState.refresh_plan
+
+    @rx.event
+    def set_run_name(self, value: str):
+        self.run_name = value
+
+    @rx.event
+    def set_field(self, key: str, value: str):
+        self.form = {**self.form, key: value}
+
+    @rx.event(background=True)
+    async def start(self):
+        async with self:
+            if self.starting or self.active:
+                return
+            self.starting, self.start_error = True, {}
+            form, planned, name, data = dict(self.form), dict(self.planned), self.run_name, self.dataset_path
+            choice, custom = self.model_choice, self.custom_model
+        try:
+            model = engine.model_spec(choice, custom)
+            if not data:
+                raise BackpropError("INPUT_DATASET_NOT_FOUND", "no dataset chosen",
+                                    hint="Pick a dataset, or upload one on the Dataset page.")
+            run_id = await asyncio.to_thread(engine.start_run, model, data, name,
+                                             form_overrides(form, planned))
+            error = {}
+        except BackpropError as err:
+            run_id, error = "", error_view(err)
+        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
+            run_id, error = "", unexpected_error(exc)
+        async with self:
+            self.starting, self.start_error = False, error
+            if run_id:
+                self._show(EMPTY_RUN_VIEW | {"run_id": run_id, "status": "queued", "active": True,
+                                             "name": name or run_id[:8]}, None)
+
+    @rx.event(background=True)
+    async def stop(self):
+        async with self:
+            run_id, self.stopping = self.run_id, True
+        try:
+            await asyncio.to_thread(engine.cancel_run, run_id)
+        except BackpropError as err:
+            async with self:
+                self.start_error = error_view(err)
+        # The button stays in "Stopping..." until the store says the run ended.
+        while True:
+            await asyncio.sleep(0.5)
+            async with self:
+                if not self.active or self.run_id != run_id:
+                    self.stopping = False
+                    return
+
+
+# ---- layout -------------------------------------------------------------------------------
+
+def model_picker() -> rx.Component:
+    S = TrainState
+    return rx.vstack(
+        rx.text("Model", size="2", weight="bold"),
+        rx.select.root(
+            rx.select.trigger(width="100%", data_testid="model-select"),
+            rx.select.content(
+                rx.foreach(S.presets, lambda p: rx.select.item(p["label"], value=p["value"])),
+                rx.select.separator(),
+                rx.select.item("Custom: hub id or local folder…", value=engine.CUSTOM_MODEL),
+            ),
+            value=S.model_choice, on_change=S.set_model_choice, disabled=S.active,
+        ),
+        rx.cond(
+            S.model_choice == engine.CUSTOM_MODEL,
+            rx.input(placeholder="org/model-name or /path/to/model", value=S.custom_model,
+                     on_change=S.set_custom_model, on_blur=S.custom_model_done,
+                     width="100%", data_testid="custom-model"),
+        ),
+        spacing="1", width="100%",
+    )
+
+
+def dataset_picker() -> rx.Component:
+    S = TrainState
+    return rx.vstack(
+        rx.hstack(rx.text("Dataset", size="2", weight="bold"), rx.spacer(),
+                  rx.link("Upload or inspect", href="/dataset", size="1")),
+        rx.select.root(
+            rx.select.trigger(placeholder="Pick a dataset", width="100%", data_testid="dataset-select"),
+            rx.select.content(rx.foreach(S.datasets, lambda d: rx.select.item(d["label"], value=d["path"]))),
+            value=S.dataset_path, on_change=S.set_dataset, disabled=S.active,
+        ),
+        spacing="1", width="100%",
+    )
+
+
+def field(key: str, label: str) -> rx.Component:
+    S = TrainState
+    return rx.vstack(
+        rx.text(label, size="2", weight="bold"),
+        rx.input(value=S.form[key], placeholder="auto", on_change=lambda v: S.set_field(key, v),
+                 disabled=S.active, width="100%", data_testid=f"field-{key}"),
+        rx.text(S.captions[key], size="1", color_scheme="gray", data_testid=f"reason-{key}"),
+        spacing="1", width="100%",
+    )
+
+
+def setup_card() -> rx.Component:
+    S = TrainState
+    return ui.card(
+        rx.grid(model_picker(), dataset_picker(), columns=rx.breakpoints(initial="1", md="2"),
+                spacing="4", width="100%"),
+        rx.hstack(
+            rx.text("Settings", size="3", weight="bold"),
+            rx.cond(S.planning, rx.hstack(rx.spinner(size="1"), rx.text("working out defaults…", size="1"),
+                                          align="center")),
+            align="center", spacing="3",
+        ),
+        ui.error_callout(S.plan_error, test_id="plan-error"),
+        rx.grid(*[field(key, label) for key, label, _t in FORM_FIELDS],
+                columns=rx.breakpoints(initial="1", sm="2", lg="4"), spacing="4", width="100%"),
+        rx.vstack(rx.text("Run name (optional)", size="2", weight="bold"),
+                  rx.input(value=S.run_name, on_change=S.set_run_name, placeholder="my-first-run",
+                           disabled=S.active, data_testid="run-name"),
+                  spacing="1"),
+        ui.error_callout(S.start_error, test_id="start-error"),
+        rx.hstack(
+            rx.button(rx.icon("play"), "Start training", on_click=S.start, size="3",
+                      loading=S.starting, disabled=S.active, data_testid="start"),
+            rx.button(rx.icon("square"), rx.cond(S.stopping, "Stopping…", "Stop"), on_click=S.stop,
+                      size="3", color_scheme="red", variant="soft",
+                      disabled=~S.active | S.stopping, data_testid="stop"),
+            spacing="3",
+        ),
+        title="Set up a run",
+    )
+
+
+def live_title() -> rx.Component:
+    S = TrainState
+    return rx.hstack(
+        rx.heading(rx.cond(S.active, "Training ", "Last run "), size="4"),
+        rx.link(S.name, href="/runs/" + S.run_id, size="4", data_testid="run-link"),
+        rx.text(S.model, " · ", S.dataset, size="1", color_scheme="gray", style={"word_break": "break-all"}),
+        align="baseline", spacing="2", wrap="wrap",
+    )
+
+
+def train_page() -> rx.Component:
+    S = TrainState
+    return layout(
+        "/train", "Train",
+        setup_card(),
+        rx.cond(S.run_id != "", run_panel(S, live_title()),
+                ui.card(ui.empty_note("No runs yet: pick a model and a dataset, then press Start."))),
+    )
+
+
+PAGE = Page("/train", "Train", train_page, [ShellState.watch, TrainState.load])

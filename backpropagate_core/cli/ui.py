@@ -1,0 +1,143 @@
+"""`backprop ui`: serve the web app (Reflex, prod mode: pages and websocket on one port).
+
+The app lives in the repository next to this package (`rxconfig.py`, `backpropagate_app/`).
+Reflex needs a JavaScript runtime: `make install` puts bun under `.tools/`, and this
+command points Reflex at it, so it works the same from `make run` or a plain shell.
+Training runs in worker processes of their own; stopping the UI never stops them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import typer
+
+from backpropagate_core.cli.app import app, console
+from backpropagate_core.errors import BackpropError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS = REPO_ROOT / ".tools"
+READY_TIMEOUT_S = 600
+"""The first start installs frontend packages and builds; later starts take ~15-60 s."""
+
+
+def ui_env(base: dict[str, str], tools: Path = TOOLS) -> dict[str, str]:
+    """The environment Reflex runs with: bun from `.tools`, its state kept in the
+    project, no telemetry and no version check. Values already set are kept."""
+    env = dict(base)
+    bin_dir = tools / "node_modules" / ".bin"
+    if (bin_dir / "bun").exists():
+        env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+        env.setdefault("REFLEX_USE_SYSTEM_BUN", "1")
+    defaults = {
+        "REFLEX_DIR": str(tools / "reflex"),
+        "REFLEX_CHECK_LATEST_VERSION": "0",
+        "REFLEX_TELEMETRY_ENABLED": "false",
+        "NPM_CONFIG_REGISTRY": "https://registry.npmjs.org/",
+        "BUN_INSTALL_CACHE_DIR": str(tools / "bun-cache"),
+        "BUN_RUNTIME_TRANSPILER_CACHE_PATH": str(tools / "bun-transpiler-cache"),
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env
+
+
+def reflex_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "reflex", "run", "--env", "prod", "--single-port",
+            "--frontend-port", str(port), "--backend-host", host, "--loglevel", "warning"]
+
+
+def check_can_start(host: str, port: int, env: dict[str, str], repo: Path = REPO_ROOT) -> None:
+    """Fail early, with a coded error, on what would make Reflex fail late."""
+    if not (repo / "rxconfig.py").is_file():
+        raise BackpropError("UI_START_FAILED", f"no rxconfig.py in {repo}",
+                            hint="Run `backprop ui` from a checkout of the repository (pip install -e .).")
+    try:
+        import reflex  # noqa: F401
+    except ImportError:
+        raise BackpropError("DEP_MISSING", "the web app needs reflex",
+                            hint="pip install -e '.[ui]' (or `make install`).") from None
+    if not shutil.which("bun", path=env.get("PATH")) and not env.get("REFLEX_USE_NPM"):
+        raise BackpropError("DEP_MISSING", "the web app needs the bun JavaScript runtime",
+                            hint="`make install` installs it under .tools/ from the npm registry.")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise BackpropError("UI_START_FAILED", f"cannot listen on {host}:{port}: {err.strerror}",
+                                hint="Another program uses that port: pass --port with a free one.") from None
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once `url`/ping answers; False if the server process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def serve(host: str, port: int, env: dict[str, str] | None = None) -> int:
+    """Run the Reflex server until it exits or we are interrupted; returns its exit code."""
+    env = ui_env(dict(os.environ) if env is None else env)
+    check_can_start(host, port, env)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    console.print(f"Starting the backpropagate UI on [bold]{url}[/] (building the web app first)…",
+                  highlight=False)
+    proc = subprocess.Popen(reflex_command(host, port), cwd=REPO_ROOT, env=env)
+
+    def stop(*_args) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        if wait_ready(url, proc, READY_TIMEOUT_S):
+            console.print(f"[bold green]Ready:[/] open {url}  (Ctrl-C stops the UI; training runs keep going)",
+                          highlight=False)
+        elif proc.poll() is not None:
+            raise BackpropError("UI_START_FAILED", f"the Reflex server exited with code {proc.returncode}")
+        else:
+            raise BackpropError("UI_START_FAILED", f"{url}/ping did not answer within {READY_TIMEOUT_S} s")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT if os.name != "nt" else signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@app.command()
+def ui(host: str = typer.Option(None, help="Address to bind (default: BACKPROPAGATE_UI__HOST, 127.0.0.1)."),
+       port: int = typer.Option(None, help="Port for pages and websocket (default: BACKPROPAGATE_UI__PORT, 7862).")) -> None:
+    """Open the web app: upload data, train with live charts, browse runs."""
+    from backpropagate_core.config import load_settings
+
+    settings = load_settings()
+    code = serve(host or settings.ui.host, port or settings.ui.port)
+    raise typer.Exit(code)

@@ -1,0 +1,255 @@
+"""`export_model`: from a run (or folder) to a verified adapter, merged model or GGUF.
+
+Every export is built in `<dest>.partial/`, verified there, and only then renamed over
+`<dest>/`, so a failed or interrupted export never replaces a good one. Exports go under
+the run folder (`<run_dir>/exports/`) or a folder the caller names; the verification
+figures go into the export's `export.json` and onto the run (summary and artifacts).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from backpropagate_core import events as ev
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.export import merged as src_mod
+from backpropagate_core.export import verify as verify_mod
+from backpropagate_core.export.quantize import WRITTEN_DIRECTLY, check_quantization
+
+FORMATS = ("adapter", "merged", "gguf")
+MERGED_DTYPES = ("f32", "f16", "bf16")
+MANIFEST = "export.json"
+
+
+@dataclass
+class ExportProgress(ev.Event):
+    stage: str
+    """load, reference, merge, write, quantize, verify, done."""
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+ev.register_event("export_progress", ExportProgress)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    """The .gguf file, or the adapter / merged model folder."""
+    format: str
+    quantization: str | None
+    size_bytes: int
+    verification: dict = field(default_factory=dict)
+    """max_logit_diff, bound, top1_agreement, kl_divergence, tokenization_match, ..."""
+    seconds: float = 0.0
+    folder: Path | None = None
+    """The export's folder (holds export.json, and a Modelfile for GGUF)."""
+    run_id: str | None = None
+    ollama: dict = field(default_factory=dict)
+    """TEMPLATE, SYSTEM and stop tokens for Ollama (GGUF only)."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"], d["folder"] = str(self.path), str(self.folder) if self.folder else None
+        return d
+
+
+def export_model(source: str | Path, format: str = "gguf", quantization: str | None = None,
+                 output_dir: str | Path | None = None, verify: bool = True,
+                 on_progress: Callable[[ev.Event], None] | None = None) -> ExportResult:
+    """Export a run, adapter folder or merged model folder.
+
+    `quantization`: for gguf one of quantize.QUANTIZATIONS (default q4_k_m); for merged
+    f32/f16/bf16 (default: the dtype the base model was published in); unused for adapter.
+    """
+    started = time.time()
+    fmt, quant = _check_options(format, quantization)
+    src = src_mod.resolve_source(source)
+    emit = _emitter(src.run_id or "", on_progress)
+    if fmt == "gguf":
+        _check_gguf_supported(src)
+    if fmt == "merged" and quant is None:
+        quant = src_mod.natural_dtype(src)
+    out_root = Path(output_dir).expanduser().resolve() if output_dir else src.default_output_dir()
+    dest = out_root / (fmt if fmt == "adapter" else f"{fmt}-{quant}")
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        built = _build(src, fmt, quant, partial, verify, emit)
+        manifest = {"format": fmt, "quantization": quant, "source": str(src.path),
+                    "base_model": src.base, "run_id": src.run_id, "created_at": time.time(),
+                    "seconds": round(time.time() - started, 2), **built}
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        _replace(partial, dest)
+    except OSError as err:
+        raise BackpropError("EXPORT_FAILED", f"writing {dest}: {err}") from err
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    path = dest / built["file"] if built.get("file") else dest
+    result = ExportResult(path, fmt, quant, _size(path), built["verification"],
+                          round(time.time() - started, 2), dest, src.run_id, built.get("ollama", {}))
+    _record(src, result)
+    emit("done", 1, 1, f"{path} ({result.size_bytes / 1e6:.1f} MB)")
+    return result
+
+
+def _check_options(format: str, quantization: str | None) -> tuple[str, str | None]:
+    fmt = (format or "").lower()
+    if fmt not in FORMATS:
+        raise BackpropError("INPUT_EXPORT_OPTION_INVALID",
+                            f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "gguf":
+        return fmt, check_quantization(quantization or "q4_k_m")
+    if fmt == "merged" and quantization is not None:
+        q = quantization.lower()
+        if q not in MERGED_DTYPES:
+            raise BackpropError("INPUT_EXPORT_OPTION_INVALID",
+                                f"merged weights are saved as {', '.join(MERGED_DTYPES)}, not {quantization!r}; "
+                                "quantize with --format gguf")
+        return fmt, q
+    return fmt, None
+
+
+def _check_gguf_supported(src: src_mod.Source) -> None:
+    """Refuse an unconvertible architecture before loading any weights."""
+    from transformers import AutoConfig
+
+    from backpropagate_core import model as model_mod
+    from backpropagate_core.export.gguf_writer import gguf_arch
+
+    where = src.path if src.kind == "merged" else model_mod.materialize(model_mod.resolve_model(src.base))
+    gguf_arch(AutoConfig.from_pretrained(where).to_dict())
+
+
+def _emitter(run_id: str, on_progress):
+    def emit(stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
+        if on_progress is not None:
+            on_progress(ExportProgress(run_id, stage=stage, done=done, total=total, message=message))
+    return emit
+
+
+def _build(src, fmt: str, quant: str | None, folder: Path, verify: bool, emit) -> dict:
+    """Write the export into `folder`; returns what goes into its manifest."""
+    emit("load", 0, 1, f"loading tokenizer{'' if fmt == 'adapter' else ' and model'}")
+    tokenizer = src_mod.load_tokenizer(src)
+    if fmt == "adapter":
+        src_mod.copy_adapter(src, tokenizer, folder)
+        return {"verification": _verify_adapter(src.path, folder, verify)}
+    model = src_mod.load_trained(src, merge=False)
+    ref = None
+    if verify:
+        emit("reference", 0, 1, "running the trained model on the verification prompts")
+        ref = verify_mod.capture_reference(model, tokenizer)
+    emit("merge", 0, 1, "merging the adapter into the base weights")
+    model = src_mod.merge_in_place(model)
+    if fmt == "merged":
+        emit("write", 0, 1, f"saving merged weights ({quant})")
+        src_mod.save_merged(model, tokenizer, folder, quant)
+        built: dict = {"verification": {}}
+    else:
+        built = _write_gguf(src, model, tokenizer, quant, folder, emit)
+    # The verifier loads the export next to the reference figures, not next to the model.
+    del model
+    gc.collect()
+    if ref is None:
+        return built
+    if fmt == "merged":
+        emit("verify", 0, 1, "reloading the merged weights and comparing")
+        result = verify_mod.verify_merged(folder, ref, quant)
+    else:
+        emit("verify", 0, 1, "loading the GGUF in llama.cpp and comparing")
+        result = verify_mod.verify_gguf(folder / built["file"], ref, tokenizer, quant)
+    built["verification"] = verify_mod.check(result, f"{fmt} {quant}")
+    return built
+
+
+def _write_gguf(src, model, tokenizer, quant: str, folder: Path, emit) -> dict:
+    from backpropagate_core.export import ollama
+    from backpropagate_core.export.gguf_vocab import read_vocab
+    from backpropagate_core.export.gguf_writer import write_gguf
+    from backpropagate_core.export.quantize import quantize_gguf
+
+    config = src_mod.hf_config(model)
+    filename = f"{src.label}-{quant}.gguf"
+    direct = quant in WRITTEN_DIRECTLY
+    # k-quants start from 16-bit floats, as llama.cpp's own pipeline does.
+    first = folder / (filename if direct else f"intermediate-{_intermediate(config)}.gguf")
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = read_vocab(tokenizer, int(config["vocab_size"]), Path(tmp))
+    state = model.state_dict()
+    emit("write", 0, len(state), f"writing {first.name}")
+    write_gguf(first, config, state, vocab, quant if direct else _intermediate(config), src.label,
+               on_tensor=lambda i, n: emit("write", i, n, f"writing {first.name}"))
+    del state
+    if not direct:
+        emit("quantize", 0, 1, f"quantizing to {quant} with llama.cpp")
+        quantize_gguf(first, folder / filename, quant)
+        first.unlink()
+    template = ollama.template_from_tokenizer(tokenizer)
+    (folder / "Modelfile").write_text(ollama.modelfile(filename, template))
+    return {"file": filename, "architecture": config["architectures"][0],
+            "tokenizer_pre": vocab.pre, "ollama": template.to_dict(), "verification": {}}
+
+
+def _intermediate(config: dict) -> str:
+    return "bf16" if str(config.get("dtype") or config.get("torch_dtype")) == "bfloat16" else "f16"
+
+
+def _verify_adapter(original: Path, copy: Path, verify: bool) -> dict:
+    """An adapter export is a copy: check every weight file arrived byte for byte."""
+    if not verify:
+        return {}
+    import hashlib
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    files = sorted(p.name for p in original.glob("*.safetensors"))
+    same = all(digest(original / f) == digest(copy / f) for f in files)
+    result = {"files": files, "identical": same, "passed": same and bool(files)}
+    if not result["passed"]:
+        raise BackpropError("EXPORT_VERIFY_FAILED", f"the adapter copy in {copy} differs from {original}")
+    return result
+
+
+def _replace(partial: Path, dest: Path) -> None:
+    """Move the finished export into place; the old one is removed only after."""
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    partial.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _record(src, result: ExportResult) -> None:
+    """Put the export on its run: summary["exports"][key] and an artifact row."""
+    if not src.run_id:
+        return
+    from backpropagate_core.runs import RunStore
+
+    store = RunStore()
+    key = result.folder.name
+    entry = {"path": str(result.path), "format": result.format, "quantization": result.quantization,
+             "size_bytes": result.size_bytes, "seconds": result.seconds,
+             "verification": result.verification, "created_at": time.time()}
+    exports = dict(store.get(src.run_id).summary.get("exports") or {})
+    exports[key] = entry
+    store.merge_summary(src.run_id, exports=exports)
+    store.add_artifact(src.run_id, f"export:{key}", result.path, **{k: v for k, v in entry.items()
+                                                                    if k != "path"})

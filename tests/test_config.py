@@ -1,0 +1,38 @@
+import pytest
+
+from backpropagate_core.config import load_settings
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.train import build_config
+
+
+def test_env_overrides_nested_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("BACKPROPAGATE_LORA__R", "32")
+    monkeypatch.setenv("BACKPROPAGATE_TRAINING__LEARNING_RATE", "0.0005")
+    monkeypatch.setenv("BACKPROPAGATE_UI__PORT", "7999")
+    s = load_settings()
+    assert (s.lora.r, s.training.learning_rate, s.ui.port) == (32, 0.0005, 7999)
+    assert s.home == tmp_path / "bp-home"
+
+
+def test_dotenv_file_is_read(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("BACKPROPAGATE_LORA__ALPHA=64\n")
+    assert load_settings().lora.alpha == 64
+
+
+def test_all_problems_reported_at_once(monkeypatch):
+    monkeypatch.setenv("BACKPROPAGATE_LORA__R", "0")
+    monkeypatch.setenv("BACKPROPAGATE_TRAINING__VAL_FRACTION", "0.9")
+    with pytest.raises(BackpropError) as err:
+        load_settings()
+    assert err.value.code == "CONFIG_INVALID"
+    assert "BACKPROPAGATE_LORA__R" in err.value.message
+    assert "BACKPROPAGATE_TRAINING__VAL_FRACTION" in err.value.message
+
+
+def test_build_config_flat_and_unknown_keys():
+    cfg = build_config("smollm2-135m", "x.jsonl", steps=5, r=8)
+    assert (cfg.training.steps, cfg.lora.r) == (5, 8)
+    with pytest.raises(BackpropError) as err:
+        build_config(None, "x.jsonl", stepz=5, learning_rate=-1)
+    assert err.value.code == "CONFIG_INVALID" and "stepz" in err.value.message
