@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
+from backpropagate_app import gate
 from backpropagate_app.pages import PAGES, train
 
 def create_app(**app_options) -> rx.App:
@@ -18,4 +19,6 @@ def create_app(**app_options) -> rx.App:
     return app
 
 
-app = create_app()
+# The gate wraps the whole server (pages, assets, uploads, websocket): Host/Origin checks and
+# security headers always; the login when `backprop ui --auth` asked for one.
+app = create_app(api_transformer=gate.wrap)

@@ -366,12 +366,20 @@ def plan_form(plan: dict) -> tuple[dict[str, str], dict[str, str]]:
     return values, captions
 
 
+def merge_plan(form: dict[str, str], planned: dict[str, str], fresh: dict[str, str]) -> dict[str, str]:
+    """The form after a new plan arrives: fields the person edited keep their text, the
+    rest take the fresh plan's values."""
+    return {key: form[key] if form.get(key, "") != planned.get(key, "") else fresh.get(key, "")
+            for key, _label, _type in FORM_FIELDS}
+
+
 def default_captions() -> dict[str, str]:
     return {key: _default_caption(key) for key, _l, _t in FORM_FIELDS}
 
 
 def _default_caption(key: str) -> str:
-    return _DESCRIPTIONS.get(key) or ""
+    # The field docs speak of None; in the form a blank field means "choose for me".
+    return (_DESCRIPTIONS.get(key) or "").replace("None ", "Blank ")
 
 
 def form_overrides(form: dict[str, str], planned: dict[str, str]) -> dict[str, Any]:

@@ -8,10 +8,10 @@ The blocking calls (SQLite, subprocesses) are plain functions; the States run th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from backpropagate_core import presets, worker
+from backpropagate_app import gate
+from backpropagate_core import presets, sandbox, worker
 from backpropagate_core.config import Settings, load_settings
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs import RunStore
@@ -63,20 +63,27 @@ def model_spec(choice: str, custom: str) -> str:
 # ---- dataset files ----------------------------------------------------------------------
 
 def uploads_dir() -> Path:
-    path = settings().ui.output_dir / "uploads"
+    # The output folder is checked on every use: never a system or credential location.
+    path = sandbox.resolve_output_dir(settings().ui.output_dir, create=True) / "uploads"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def workspace_path(path: str) -> str:
+    """`path` if it lies in the workspace (uploads or the repository's examples), resolved;
+    INPUT_PATH_FORBIDDEN otherwise. The browser sends paths, so they are never trusted."""
+    for root in (uploads_dir(), EXAMPLES_DIR):
+        try:
+            return str(sandbox.inside(root, path))
+        except BackpropError:
+            continue
+    raise BackpropError("INPUT_PATH_FORBIDDEN", f"{path!r} is not in the workspace (uploads or examples)",
+                        hint="Pick a file from the list, or upload it on the Dataset page.")
+
+
 def safe_filename(name: str) -> str:
     """A plain file name for an upload: no folders, no odd characters, a dataset extension."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip("._-")[-120:]
-    suffix = Path(base).suffix.lower()
-    if suffix not in DATASET_TYPES or not Path(base).stem:
-        raise BackpropError("INPUT_UPLOAD_INVALID",
-                            f"{name!r} is not a dataset file; allowed: {', '.join(DATASET_TYPES)}")
-    return base
+    return sandbox.sanitize_filename(name, DATASET_TYPES)
 
 
 def save_upload(name: str, data: bytes) -> Path:
@@ -87,14 +94,9 @@ def save_upload(name: str, data: bytes) -> Path:
                             f"{name} is {len(data) / 2**20:.1f} MB; the limit is {limit_mb} MB")
     if not data.strip():
         raise BackpropError("INPUT_UPLOAD_INVALID", f"{name} is empty")
-    folder = uploads_dir().resolve()
-    target = (folder / safe_filename(name)).resolve()
-    if target.parent != folder:
-        raise BackpropError("INPUT_PATH_FORBIDDEN", f"{name!r} would be written outside {folder}")
-    partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(target)
-    return target
+    filename = safe_filename(name)
+    sandbox.sniff_upload(data, Path(filename).suffix)  # by content, not by name
+    return sandbox.write_bytes(uploads_dir(), filename, data)
 
 
 def workspace_files() -> list[dict[str, str]]:
@@ -112,15 +114,16 @@ def workspace_files() -> list[dict[str, str]]:
 # ---- engine work (subprocesses) -----------------------------------------------------------
 
 def dataset_report(path: str, model: str | None) -> dict:
-    return worker.dataset_report(path, model=model or None)
+    return worker.dataset_report(workspace_path(path), model=model or None)
 
 
 def plan(model: str, data: str, overrides: dict | None = None) -> dict:
-    return worker.plan(model, data, overrides or None)
+    return worker.plan(model, workspace_path(data), overrides or None)
 
 
 def start_run(model: str, data: str, name: str | None, overrides: dict) -> str:
-    return worker.start_run(model, data, name=name or None, overrides=overrides,
+    gate.allow("start")  # each run is a process training on this machine
+    return worker.start_run(model, workspace_path(data), name=name or None, overrides=overrides,
                             home=settings().home)
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
+from backpropagate_app import engine, gate
 
 NAV = [
     ("Dataset", "/dataset", "database"),
@@ -95,10 +95,22 @@ def header() -> rx.Component:
             ),
             rx.text(ShellState.run_label, size="2", color_scheme="gray"),
         ),
+        *sign_out(),
         align="center", padding_x="1.5em", padding_y="0.75em", width="100%",
         border_bottom=f"1px solid {rx.color('gray', 5)}", background=rx.color("gray", 1),
         position="sticky", top="0", z_index="10",
     )
+
+
+def sign_out() -> list[rx.Component]:
+    """A sign-out link when the server was started with a login (a plain link: the gate,
+    not the app's router, answers /logout)."""
+    if not gate.login_enabled():
+        return []
+    return [rx.el.a(rx.hstack(rx.icon("log-out", size=14), rx.text("Sign out", size="2"), align="center",
+                              spacing="1"),
+                    href="/logout", data_testid="sign-out", style={"color": rx.color("gray", 11),
+                                                                    "margin_left": "1.25em"})]
 
 
 def nav(active: str) -> rx.Component:
@@ -129,6 +141,7 @@ def layout(active: str, title: str, *content: rx.Component) -> rx.Component:
             rx.vstack(rx.heading(title, size="6"), *content, spacing="4", padding="1.5em",
                       width="100%", max_width="80em", min_width="0"),
             direction=rx.breakpoints(initial="column", md="row"), width="100%",
+            min_height="calc(100vh - 3.5em)",
         ),
         min_height="100vh", background=rx.color("gray", 2),
     )

@@ -8,6 +8,10 @@
 Heavy dependencies (torch, transformers) load when a Trainer is created, not on import.
 """
 
+from backpropagate_core.privacy import disable_telemetry as _disable_telemetry
+
+_disable_telemetry()
+
 __version__ = "0.1.0"
 __all__ = ["Trainer", "BackpropError", "__version__"]
 

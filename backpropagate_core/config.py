@@ -47,8 +47,29 @@ class TrainingSettings(BaseModel):
     load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit (CUDA + bitsandbytes only).")
     gradient_checkpointing: bool | None = Field(None, description="Trade compute for memory; None turns it on for GPUs that need it.")
     skip_bad_lines: bool = Field(False, description="Drop malformed dataset lines and report them instead of failing.")
-    backend: Literal["auto", "transformers", "unsloth"] = Field("auto", description="Training backend.")
+    backend: Literal["auto", "transformers", "unsloth"] = Field(
+        "auto", description="Training backend; auto uses Unsloth where it is installed, works and is faster.")
+    packing: bool = Field(True, description="Padding-free batches: each micro-batch's examples joined in one row, attention kept within each example.")
+    oom_recovery: bool = Field(True, description="On a CUDA out-of-memory error, halve the batch, double accumulation and retry (up to 3 times).")
+    report_to: str = Field("auto", description="Experiment trackers: auto, none, or a comma list of tensorboard, wandb, mlflow.")
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code (off unless you trust the repo).")
+
+
+class GpuGuardSettings(BaseModel):
+    """Temperature thresholds of the GPU guard (degrees Celsius)."""
+
+    warn_c: float = Field(80.0, description="Log a warning at or above this temperature.")
+    pause_c: float = Field(90.0, description="Pause training at or above this temperature until it cools.")
+    resume_c: float = Field(80.0, description="A paused run continues once the GPU is below this temperature.")
+    abort_c: float = Field(95.0, description="Stop the run (RUNTIME_GPU_OVERHEAT) at or above this temperature.")
+    interval_s: float = Field(5.0, gt=0, description="Seconds between hardware samples.")
+    max_pause_s: float = Field(1800.0, gt=0, description="Abort if a pause lasts longer than this without cooling.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GpuGuardSettings":
+        if not self.resume_c <= self.pause_c <= self.abort_c or self.warn_c > self.pause_c:
+            raise ValueError("need warn_c <= pause_c <= abort_c and resume_c <= pause_c")
+        return self
 
 
 class UISettings(BaseModel):
@@ -78,6 +99,7 @@ class Settings(BaseSettings):
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
     ui: UISettings = UISettings()
+    gpu: GpuGuardSettings = GpuGuardSettings()
     security: SecuritySettings = SecuritySettings()
     ollama_host: str = Field("http://127.0.0.1:11434", description="Ollama server used for registration.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log verbosity.")

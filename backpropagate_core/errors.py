@@ -75,6 +75,12 @@ CATALOG: dict[str, ErrorSpec] = dict(
         _spec("RUNTIME_LOSS_NONFINITE", "The training loss became NaN or infinite.",
               "Lower the learning rate, or check the data for empty or extremely long examples.",
               retryable=True),
+        _spec("RUNTIME_OOM_RECOVERY_EXHAUSTED", "The GPU ran out of memory even after the batch was halved three times.",
+              "Lower --max-seq-len, enable gradient checkpointing or 4-bit loading, or use a smaller model; "
+              "`backprop estimate-vram` shows what fits."),
+        _spec("RUNTIME_GPU_OVERHEAT", "Training stopped because the GPU reached its abort temperature.",
+              "Improve cooling or airflow, or lower the power limit; `backprop resume RUN` continues from the last checkpoint.",
+              retryable=True),
         _spec("RUNTIME_UNEXPECTED", "Something failed that has no more specific code.",
               "Re-run with --verbose and include the output and `backprop info --json` in a bug report."),
         _spec("RUNTIME_WORKER_DIED", "The training worker process ended without reporting.",

@@ -1,14 +1,23 @@
-"""Hardware sampling: GPU temperature, memory, utilisation and power through NVML, or
-CPU load and RAM when no NVIDIA GPU is visible. A background thread turns samples into
-`HardwareSample` events for the run store and the UI.
+"""Hardware sampling and the GPU temperature guard.
+
+A background thread reads GPU temperature, memory, utilisation and power through NVML (or
+CPU load and RAM when no NVIDIA GPU is visible) and turns each reading into a
+`HardwareSample` event for the run store and the UI. The `Guard` watches the temperature:
+it warns at 80 °C, pauses training at 90 °C until the card is back under 80 °C, and
+aborts at 95 °C or 5 °C short of the card's own shutdown temperature, whichever is lower.
+The training loop asks the guard after every step (`wait_if_paused`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 from backpropagate_core import events as ev
+from backpropagate_core.config import GpuGuardSettings
+from backpropagate_core.errors import BackpropError
 
 
 class NvmlReader:
@@ -24,9 +33,16 @@ class NvmlReader:
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             self.name = pynvml.nvmlDeviceGetName(self._handle)
             self.index = index
+            self.shutdown_c = self._threshold(pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN)
             self.available = True
         except Exception:  # noqa: BLE001 - no driver, no package, no device: all mean "no GPU"
             self.available = False
+
+    def _threshold(self, kind) -> float | None:
+        try:
+            return float(self._nvml.nvmlDeviceGetTemperatureThreshold(self._handle, kind))
+        except self._nvml.NVMLError:
+            return None
 
     def read(self) -> dict:
         n, h = self._nvml, self._handle
@@ -56,18 +72,105 @@ def default_reader() -> Callable[[], dict]:
     """NVML when it sees a GPU, else CPU and RAM."""
     nvml = NvmlReader()
     if nvml.available:
-        cpu = read_cpu
-        return lambda: {**cpu(), **nvml.read()}
+        def read() -> dict:
+            return {**read_cpu(), **nvml.read()}
+
+        read.shutdown_c = nvml.shutdown_c  # type: ignore[attr-defined]  (the guard reads it)
+        return read
     return read_cpu
 
 
+@dataclass
+class GpuGuardEvent(ev.Event):
+    """The guard acted on the GPU temperature."""
+    action: str
+    """"warn", "pause", "resume" or "abort"."""
+    temp_c: float
+    threshold_c: float
+    message: str = ""
+
+
+ev.register_event("gpu_guard", GpuGuardEvent)
+
+
+class Guard:
+    """Temperature thresholds as a small state machine, fed one reading at a time.
+
+    `observe` returns the action a reading calls for (or None); the sampler thread feeds
+    it and the training thread waits in `wait_if_paused` while the card cools.
+    """
+
+    def __init__(self, settings: GpuGuardSettings | None = None, shutdown_c: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.s = settings or GpuGuardSettings()
+        # Stay clear of the card's own emergency shutdown, which would kill the run uncleanly.
+        self.abort_c = min(self.s.abort_c, shutdown_c - 5) if shutdown_c else self.s.abort_c
+        self.clock = clock
+        self.paused_since: float | None = None
+        self.warned = False
+        self.aborted: str | None = None
+        self._cooled = threading.Event()
+        self._cooled.set()
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_since is not None
+
+    def observe(self, temp_c: float | None) -> tuple[str, float] | None:
+        """(action, threshold) for this reading, or None when nothing changes."""
+        if temp_c is None or self.aborted:
+            return None
+        if temp_c >= self.abort_c:
+            return self._abort(f"GPU at {temp_c:.0f} °C, at or above the abort limit {self.abort_c:.0f} °C"), self.abort_c
+        if self.paused:
+            if temp_c < self.s.resume_c:
+                self.paused_since = None
+                self._cooled.set()
+                return "resume", self.s.resume_c
+            if self.clock() - self.paused_since > self.s.max_pause_s:
+                return self._abort(f"GPU still at {temp_c:.0f} °C after a {self.s.max_pause_s:.0f} s pause"), self.s.resume_c
+            return None
+        if temp_c >= self.s.pause_c:
+            self.paused_since = self.clock()
+            self._cooled.clear()
+            return "pause", self.s.pause_c
+        if temp_c >= self.s.warn_c and not self.warned:
+            self.warned = True
+            return "warn", self.s.warn_c
+        if temp_c < self.s.warn_c:
+            self.warned = False  # warn again on the next excursion
+        return None
+
+    def _abort(self, why: str) -> str:
+        self.aborted = why
+        self._cooled.set()  # release a waiting training thread so it can stop
+        return "abort"
+
+    def wait_if_paused(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Block while paused; raise RUNTIME_GPU_OVERHEAT once the guard aborted."""
+        while not self._cooled.wait(0.5):
+            if should_stop():
+                return
+        if self.aborted:
+            raise BackpropError("RUNTIME_GPU_OVERHEAT", self.aborted)
+
+
+_GUARD_MESSAGES = {
+    "warn": "GPU temperature {t:.0f} °C reached the warning level ({th:.0f} °C)",
+    "pause": "GPU temperature {t:.0f} °C: training paused until it cools below the resume level",
+    "resume": "GPU cooled to {t:.0f} °C (below {th:.0f} °C): training resumes",
+    "abort": "GPU temperature {t:.0f} °C: stopping the run ({th:.0f} °C limit)",
+}
+
+
 class Sampler:
-    """Emits a HardwareSample every `interval` seconds until stopped."""
+    """Emits a HardwareSample every `interval` seconds until stopped, and feeds the guard."""
 
     def __init__(self, run_id: str, sink: ev.Sink, interval: float = 5.0,
-                 reader: Callable[[], dict] | None = None) -> None:
+                 reader: Callable[[], dict] | None = None, guard: Guard | None = None) -> None:
         self.run_id, self.sink, self.interval = run_id, sink, interval
         self.reader = reader or default_reader()
+        self.guard = guard or Guard(shutdown_c=getattr(self.reader, "shutdown_c", None))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hw-sampler", daemon=True)
 
@@ -80,7 +183,16 @@ class Sampler:
         self._thread.join(timeout=self.interval + 1)
 
     def sample(self) -> ev.HardwareSample:
-        return ev.HardwareSample(self.run_id, **self.reader())
+        sample = ev.HardwareSample(self.run_id, **self.reader())
+        acted = self.guard.observe(sample.gpu_temp_c)
+        if acted:
+            action, threshold = acted
+            message = _GUARD_MESSAGES[action].format(t=sample.gpu_temp_c, th=threshold)
+            self.sink(GpuGuardEvent(self.run_id, action=action, temp_c=sample.gpu_temp_c,
+                                    threshold_c=threshold, message=message))
+            self.sink(ev.LogLine(self.run_id, message=message,
+                                 level="INFO" if action == "resume" else "WARNING"))
+        return sample
 
     def _loop(self) -> None:
         while not self._stop.is_set():

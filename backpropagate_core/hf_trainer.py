@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from backpropagate_core import events as ev
+from backpropagate_core import platform_support
 from backpropagate_core.config import TrainingSettings
 
 MANIFEST = "backpropagate.json"
@@ -187,7 +187,7 @@ def _trainer_class():
                 {"run_id": self.run_id, "step": self.state.global_step, "complete": True}))
             final = real / name
             shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging / name, final)
+            platform_support.replace(staging / name, final)
             shutil.rmtree(staging, ignore_errors=True)
             _rotate(real, self.args.save_total_limit)
 
@@ -241,8 +241,8 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
         eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps or t.save_steps,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not on_cuda,
         **_checkpointing_arg(bool(t.gradient_checkpointing)), seed=t.seed, data_seed=t.seed,
-        report_to=[], disable_tqdm=True, remove_unused_columns=False,
-        dataloader_num_workers=0, logging_first_step=True,
+        report_to=[], run_name=run_id, disable_tqdm=True, remove_unused_columns=False,
+        dataloader_num_workers=platform_support.dataloader_workers(), logging_first_step=True,
     )
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=_ListDataset(train_rows),
@@ -279,5 +279,5 @@ def save_adapter(model, tokenizer, target: Path, meta: dict) -> Path:
     tokenizer.save_pretrained(partial)
     (partial / MANIFEST).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    platform_support.replace(partial, target)
     return target

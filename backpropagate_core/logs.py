@@ -142,6 +142,21 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record arrives (tools and tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def _decorate(handler: logging.Handler, level: int | str) -> logging.Handler:
     handler.setLevel(level)
     handler.addFilter(RunIdFilter())
@@ -182,15 +197,15 @@ def setup_logging(level: str | None = None, json_mode: bool | str | None = None,
     except BackpropError:
         # Invalid settings are reported by the command that reads them; log with defaults.
         level, json_mode = level or "INFO", "auto" if json_mode is None else json_mode
-    stream = stream or sys.stderr
     logger = logging.getLogger(ROOT)
     for handler in [h for h in logger.handlers if getattr(h, "_backpropagate", False)
                     and not getattr(h, "_run_file", False)]:
         logger.removeHandler(handler)
         handler.close()
 
-    console = _decorate(logging.StreamHandler(stream), level)
-    console.setFormatter(JsonFormatter() if wants_json(json_mode, stream) else TextFormatter(True))
+    console = _decorate(logging.StreamHandler(stream) if stream else _StderrHandler(), level)
+    console.setFormatter(JsonFormatter() if wants_json(json_mode, stream or sys.stderr)
+                         else TextFormatter(short_run_id=True))
     console.addFilter(_NoEventEcho())
     logger.addHandler(console)
     if log_file:
@@ -271,7 +286,7 @@ def _describe(event: ev.Event) -> tuple[int, str]:
         gpu = (f" {event.gpu_name} {_fmt(event.gpu_temp_c, '.0f')}C {_fmt(event.gpu_util_pct, '.0f')}%"
                f" vram {_fmt(event.vram_used_mb, '.0f')}/{_fmt(event.vram_total_mb, '.0f')} MB"
                if event.gpu_name else "")
-        return logging.DEBUG, (f"hardware {event.device}{gpu} cpu {_fmt(event.cpu_pct, '.0f')}%"
+        return logging.DEBUG, (f"hardware {event.device}:{gpu} cpu {_fmt(event.cpu_pct, '.0f')}%"
                                f" ram {_fmt(event.ram_used_mb, '.0f')}/{_fmt(event.ram_total_mb, '.0f')} MB")
     return logging.DEBUG, event.type
 
@@ -281,6 +296,7 @@ def log_event(event: ev.Event) -> None:
     level, message = _describe(event)
     if not _events_log.isEnabledFor(level):
         return
-    fields = {k: v for k, v in event.to_dict().items() if k not in ("type", "run_id", "ts")}
+    fields = {} if isinstance(event, ev.LogLine) else {
+        k: v for k, v in event.to_dict().items() if k not in ("type", "run_id", "ts")}
     _events_log.log(level, "%s", message,
                     extra={"run_id": event.run_id, "event": event.type, "fields": fields})

@@ -56,7 +56,10 @@ def orthonormal_init(a_merged: torch.Tensor) -> torch.Tensor:
         raise BackpropError("CONFIG_INVALID",
                             f"LoRA rank {r} is larger than the layer's input size {n_in}",
                             hint="Use a LoRA rank no larger than the model's smallest projection input.")
-    q, r_mat = torch.linalg.qr(a_merged.detach().to(torch.float32).T, mode="reduced")
+    work = a_merged.detach()
+    if work.dtype not in (torch.float32, torch.float64):  # QR needs at least fp32 (bf16 weights)
+        work = work.to(torch.float32)
+    q, r_mat = torch.linalg.qr(work.T, mode="reduced")
     signs = torch.sign(torch.diagonal(r_mat))
     signs[signs == 0] = 1.0
     return (q * signs).T.contiguous().to(a_merged.dtype)

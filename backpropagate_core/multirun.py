@@ -31,13 +31,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from backpropagate_core import events as ev
-from backpropagate_core import campaign_state as cs
+from backpropagate_core import logs
 from backpropagate_core.config import describe_validation
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs import Run, RunStore
 from backpropagate_core.train import (ADAPTER_DIR, CANCEL_FLAG, CHECKPOINTS_DIR, RunConfig,
                                       TrainResult, _classify, _stop_on_signals)
 
+_log = logs.get_logger(__name__)
 KIND = "multi_run"
 OPTIONS = ("schedule", "lambda_c", "replay_fraction", "val_per_chunk", "run_id", "resume",
            "fresh", "name")
@@ -169,7 +170,7 @@ def stored_config(config: RunConfig, settings: CampaignSettings) -> dict:
 
 def unfinished(run: Run) -> bool:
     """Whether the campaign trained at least one run but not its last."""
-    state = cs.read_state(run.run_dir / cs.STATE_DIR)
+    state = _state_of(run)
     return run.active or (state is not None and not state.done)
 
 
@@ -180,19 +181,24 @@ def open_campaign(store: RunStore, config: RunConfig, settings: CampaignSettings
     Raises STATE_CAMPAIGN_UNFINISHED when `run_id`, or a campaign with the same model,
     data and settings, stopped part-way, unless `fresh` is set.
     """
+    from backpropagate_core.campaign import STATE_DIR
+
     wanted = stored_config(config, settings)
     store.reap_dead()
     existing = _get_or_none(store, run_id) if run_id else None
-    candidates = [existing] if existing else [r for r in store.list(kind=KIND) if r.config == wanted]
-    for run in candidates:
-        if unfinished(run) and not fresh:
-            raise _unfinished_error(run)
-        if run.active:
-            raise BackpropError("STATE_RUN_ACTIVE", f"campaign {run.id[:8]} is {run.status}")
+    if existing is not None and (existing.kind != KIND or existing.active):
+        raise BackpropError("STATE_RUN_ACTIVE" if existing.active else "CONFIG_INVALID",
+                            f"run {existing.id[:8]} is a {existing.status} {existing.kind} run",
+                            hint="Pick another --run-id, or leave it out for a new one.")
+    if not fresh:
+        same = [existing] if existing else [r for r in store.list(kind=KIND) if r.config == wanted]
+        for run in same:
+            if unfinished(run):
+                raise _unfinished_error(run)
     if existing is None:
         return store.create_run(config=wanted, model=config.model, dataset=wanted["data"],
                                 name=name, kind=KIND, run_id=run_id)
-    for leftover in (cs.STATE_DIR, ADAPTER_DIR, CHECKPOINTS_DIR):
+    for leftover in (STATE_DIR, ADAPTER_DIR, CHECKPOINTS_DIR):
         shutil.rmtree(existing.run_dir / leftover, ignore_errors=True)
     (existing.run_dir / "config.json").write_text(json.dumps(wanted, indent=2))
     store.update(existing.id, config=wanted, status="queued", summary={}, name=name or existing.name)
@@ -220,6 +226,12 @@ def find_resumable(store: RunStore, config: RunConfig | None, settings: Campaign
     return run
 
 
+def _state_of(run: Run):
+    from backpropagate_core.campaign import read_state  # imports this module: load it late
+
+    return read_state(run.run_dir)
+
+
 def _get_or_none(store: RunStore, run_id: str) -> Run | None:
     try:
         run = store.get(run_id)
@@ -229,7 +241,7 @@ def _get_or_none(store: RunStore, run_id: str) -> Run | None:
 
 
 def _unfinished_error(run: Run) -> BackpropError:
-    state = cs.read_state(run.run_dir / cs.STATE_DIR)
+    state = _state_of(run)
     done = state.completed if state else 0
     total = run.config.get("campaign", {}).get("num_runs", "?")
     return BackpropError(
@@ -248,22 +260,26 @@ def execute_campaign(run_id: str, store: RunStore, *, extra_sinks: list | tuple 
     run = store.get(run_id)
     if run.kind != KIND:
         raise BackpropError("STATE_RUN_NOT_FOUND", f"run {run.id[:8]} is not a multi-run campaign")
-    if not resume and unfinished(run) and not run.active:
+    state = _state_of(run)
+    if not resume and state is not None and not state.done:
         raise _unfinished_error(run)
     config = RunConfig.model_validate(run.config)
     settings = CampaignSettings.model_validate(run.config["campaign"])
-    sink = ev.fan_out(store.sink(), ev.JsonlSink(run.run_dir / "events.jsonl"), *extra_sinks)
+    sink = ev.fan_out(store.sink(), ev.JsonlSink(run.run_dir / "events.jsonl"), logs.log_event,
+                      *extra_sinks)
     store.claim(run.id)
     (run.run_dir / CANCEL_FLAG).unlink(missing_ok=True)
-    try:
-        with _stop_on_signals(run.run_dir / CANCEL_FLAG):
-            from backpropagate_core.campaign import Campaign
+    with logs.bind_run(run.id, run.run_dir / logs.RUN_LOG):
+        try:
+            with _stop_on_signals(run.run_dir / CANCEL_FLAG):
+                from backpropagate_core.campaign import Campaign
 
-            return Campaign(config, settings, run, store, sink).run(resume)
-    except BackpropError as err:
-        sink(ev.Failed(run.id, code=err.code, message=err.message, hint=err.hint))
-        raise
-    except Exception as err:  # noqa: BLE001 - the worker's outer edge: record a coded failure
-        coded = _classify(err)
-        sink(ev.Failed(run.id, code=coded.code, message=coded.message, hint=coded.hint))
-        raise coded from err
+                return Campaign(config, settings, run, store, sink).run(resume)
+        except BackpropError as err:
+            sink(ev.Failed(run.id, code=err.code, message=err.message, hint=err.hint))
+            raise
+        except Exception as err:  # noqa: BLE001 - the worker's outer edge: record a coded failure
+            coded = _classify(err, run.run_dir)
+            sink(ev.Failed(run.id, code=coded.code, message=coded.message, hint=coded.hint))
+            _log.debug("traceback of the failure above", exc_info=err)
+            raise coded from err

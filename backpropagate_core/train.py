@@ -122,6 +122,20 @@ class Trainer:
         self.result = execute_run(run_id, self.store, extra_sinks=[self.sink], resume=True)
         return self.result
 
+    def multi_run(self, data: str | Path, num_runs: int = 5, steps_per_run: int = 100,
+                  samples_per_run: int = 1000, merge_mode: str = "slao", **kw: Any):
+        """Train a campaign of runs over successive chunks of `data`, merging the adapter
+        between runs (SLAO) and measuring forgetting; `save`/`export` then use the merged
+        adapter. `kw` takes campaign options (see `multirun.OPTIONS`) and training settings."""
+        from backpropagate_core import multirun
+
+        options = {k: kw.pop(k) for k in multirun.OPTIONS if k in kw}
+        config = build_config(self.model, str(data), options.get("name"), **{**self.overrides, **kw})
+        self.result = multirun.run_campaign(config, num_runs, steps_per_run, samples_per_run,
+                                            merge_mode=merge_mode, store=self.store, sink=self.sink,
+                                            **options)
+        return self.result
+
     def save(self, path: str | Path) -> Path:
         """Copy the trained LoRA adapter (peft format) to `path`."""
         if self.result is None or self.result.adapter_path is None:

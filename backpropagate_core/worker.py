@@ -66,6 +66,30 @@ def start_run(model: str | None, data: str, *, name: str | None = None,
     return run.id
 
 
+def start_multi_run(model: str | None, data: str, *, num_runs: int, steps_per_run: int,
+                    samples_per_run: int, merge_mode: str = "slao", schedule: str = "inv_sqrt",
+                    overrides: dict | None = None, name: str | None = None, fresh: bool = False,
+                    home: str | Path | None = None, **options: Any) -> str:
+    """Validate and record a queued multi-run campaign and start its worker; returns the
+    run id. `options`: lambda_c, replay_fraction, val_per_chunk (see `multirun`)."""
+    from backpropagate_core import multirun
+    from backpropagate_core.model import resolve_model
+    from backpropagate_core.train import build_config
+
+    config = build_config(model, data, name, **(overrides or {}))
+    settings = multirun.campaign_settings(num_runs=num_runs, steps_per_run=steps_per_run,
+                                          samples_per_run=samples_per_run, merge_mode=merge_mode,
+                                          schedule=schedule, **options)
+    if not Path(config.data).expanduser().exists():
+        raise BackpropError("INPUT_DATASET_NOT_FOUND", f"{config.data} does not exist")
+    resolve_model(config.model)
+    store = RunStore(home)
+    run = multirun.open_campaign(store, config, settings, name=name, fresh=fresh)
+    proc = _spawn([run.id], store, run.run_dir / "worker.log")
+    store.claim(run.id, pid=proc.pid)
+    return run.id
+
+
 def resume_run(run_id: str, *, home: str | Path | None = None) -> str:
     """Start a worker that continues an interrupted, cancelled or failed run."""
     store = RunStore(home)
@@ -73,9 +97,8 @@ def resume_run(run_id: str, *, home: str | Path | None = None) -> str:
     run = store.get(run_id)
     if run.active:
         raise BackpropError("STATE_RUN_ACTIVE", f"run {run.id[:8]} is already {run.status}")
-    if run.kind != "train":
-        raise BackpropError("STATE_RUN_NOT_FOUND", f"run {run.id[:8]} is a {run.kind}, not a training run",
-                            hint="Multi-run campaigns resume with `backprop multi-run --resume`.")
+    if run.kind not in ("train", "multi_run"):
+        raise BackpropError("STATE_RUN_NOT_FOUND", f"run {run.id[:8]} is a {run.kind}, not a training run")
     store.update(run.id, status="queued")
     proc = _spawn([run.id, "--resume"], store, run.run_dir / "worker.log")
     store.claim(run.id, pid=proc.pid)
@@ -124,7 +147,8 @@ def plan(model: str | None, data: str, overrides: dict | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Worker process: train one run from the store, then exit 0 (done/cancelled) or 3."""
+    """Worker process: train one run (or multi-run campaign) from the store, then exit 0
+    (done/cancelled) or the error's exit code."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="backpropagate_core.worker")
@@ -138,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     with logs.bind_run(args.run_id):
         logs.get_logger(__name__).info("run_started run_id=%s resume=%s pid=%s", args.run_id,
                                        args.resume, os.getpid())
-        from backpropagate_core.train import execute_run
-
         try:
-            execute_run(args.run_id, RunStore(), resume=args.resume)
+            store = RunStore()
+            if store.get(args.run_id).kind == "multi_run":
+                from backpropagate_core.multirun import execute_campaign as execute
+            else:
+                from backpropagate_core.train import execute_run as execute
+            execute(args.run_id, store, resume=args.resume)
             return 0
         except BackpropError as err:
             print(f"[{err.code}] {err.message}", file=sys.stderr)

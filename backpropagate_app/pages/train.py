@@ -9,7 +9,8 @@ import reflex as rx
 from backpropagate_app import components as ui
 from backpropagate_app import engine
 from backpropagate_app.display import (FORM_FIELDS, EMPTY_RUN_VIEW, default_captions,
-                                       error_view, form_overrides, plan_form, unexpected_error)
+                                       error_view, form_overrides, merge_plan, plan_form,
+                                       unexpected_error)
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
@@ -93,7 +94,8 @@ class TrainState(RunView, rx.State):
             if (self.model_choice, self.custom_model, self.dataset_path) == key:
                 self.plan_error = error
                 if values is not None:
-                    self.form, self.planned, self.captions = values, dict(values), captions
+                    self.form = merge_plan(self.form, self.planned, values)
+                    self.planned, self.captions = values, captions
 
     @rx.event
     def set_model_choice(self, value: str):

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def check_can_start(host: str, port: int, env: dict[str, str], repo: Path = REPO
         raise BackpropError("DEP_MISSING", "the web app needs the bun JavaScript runtime",
                             hint="`make install` installs it under .tools/ from the npm registry.")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # Servers set SO_REUSEADDR, so a port in TIME_WAIT after a restart counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
@@ -86,6 +89,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
             with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
                 if resp.status == 200:
                     return True
+        except urllib.error.HTTPError:
+            return True  # with --auth the gate answers 401: the server is up
         except OSError:
             pass
         time.sleep(0.5)
@@ -132,12 +137,102 @@ def _terminate(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+# ---- login and sharing ----------------------------------------------------------------------
+
+SHARE_GRACE_S = 5
+"""Seconds to think again before an unauthenticated public tunnel opens."""
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host in _LOOPBACK or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _own_hosts(host: str, port: int) -> list[str]:
+    """Host header values that name this server: loopback, the bound address, and for a
+    wildcard bind every local interface address and the machine name."""
+    names = ["localhost", "127.0.0.1", "::1"]
+    if host in ("0.0.0.0", "::"):
+        import psutil
+
+        names += [addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs
+                  if addr.family in (socket.AF_INET, socket.AF_INET6)]
+        names += [socket.gethostname(), f"{socket.gethostname()}.local"]
+    else:
+        names.append(host)
+    return sorted({(f"[{n}]" if ":" in n else n).lower() + f":{port}" for n in names})
+
+
+def check_sharing(share: bool, login, host: str, require_auth: bool) -> None:
+    """Refuse --share without a login unless opted out; warn about open non-loopback binds."""
+    if share and login is None:
+        if require_auth:
+            raise BackpropError("INPUT_AUTH_REQUIRED",
+                                "--share opens the UI to anyone who has the link; it needs a login")
+        console.print(
+            "[bold red on yellow] WARNING [/] [bold red]--share without --auth: anyone with the link can "
+            "read your data, start training on this machine and fill its disk.[/]\n"
+            "[red]BACKPROPAGATE_SECURITY__REQUIRE_AUTH_FOR_SHARE=false turned the login requirement off. "
+            f"Starting in {SHARE_GRACE_S} s; press Ctrl-C to stop.[/]", highlight=False)
+        time.sleep(SHARE_GRACE_S)
+    elif login is None and not _is_loopback(host):
+        console.print(f"[bold yellow]Warning:[/] the UI listens on {host}, reachable from other machines, "
+                      "without a login. Add --auth USER:PASSWORD (or --auth-file) to require one.",
+                      highlight=False)
+
+
+def serve_secured(host: str, port: int, settings, login, share: bool) -> int:
+    """Open the tunnel (when sharing), hand the server its gate file, serve, clean up."""
+    from backpropagate_core import credentials, tunnel
+
+    env = ui_env(dict(os.environ))
+    env.pop(credentials.PASSWORD_ENV, None)  # the server gets a hash, never the password
+    opened = None
+    hosts = [*_own_hosts(host, port), *settings.security.allowed_hosts]
+    if share:
+        provider = tunnel.pick_provider()
+        check_can_start(host, port, env)
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        console.print(f"Opening a public tunnel with {provider.name}…", highlight=False)
+        opened = provider.start(f"http://{'[' + local + ']' if ':' in local else local}:{port}")
+        hosts.append(opened.host)
+    gate_file = credentials.write_gate_file(
+        login, secret=settings.security.jwt_secret, hosts=hosts, trust_proxy=share,
+        session_hours=settings.security.session_hours)
+    env[credentials.GATE_FILE_ENV] = str(gate_file)
+    try:
+        if opened:
+            console.print(f"[bold green]Public URL:[/] {opened.public_url}"
+                          + ("  (login required)" if login else "  [bold red](NO LOGIN)[/]"), highlight=False)
+        return serve(host, port, env)
+    finally:
+        if opened:
+            opened.close()
+        shutil.rmtree(gate_file.parent, ignore_errors=True)
+
+
 @app.command()
 def ui(host: str = typer.Option(None, help="Address to bind (default: BACKPROPAGATE_UI__HOST, 127.0.0.1)."),
-       port: int = typer.Option(None, help="Port for pages and websocket (default: BACKPROPAGATE_UI__PORT, 7862).")) -> None:
+       port: int = typer.Option(None, help="Port for pages and websocket (default: BACKPROPAGATE_UI__PORT, 7862)."),
+       share: bool = typer.Option(False, "--share",
+                                  help="Open a public https tunnel to the UI (cloudflared, else ngrok); needs --auth."),
+       auth: str = typer.Option(None, "--auth", metavar="USER:PASSWORD",
+                                help="Require this login on every page, upload and the websocket."),
+       auth_file: Path = typer.Option(None, "--auth-file",
+                                      help="File whose first line is USER:PASSWORD (keeps it out of shell history); "
+                                           "or set BACKPROPAGATE_UI_PASSWORD.")) -> None:
     """Open the web app: upload data, train with live charts, browse runs."""
+    from backpropagate_core import credentials, sandbox
     from backpropagate_core.config import load_settings
 
     settings = load_settings()
-    code = serve(host or settings.ui.host, port or settings.ui.port)
-    raise typer.Exit(code)
+    host, port = host or settings.ui.host, port or settings.ui.port
+    sandbox.resolve_output_dir(settings.ui.output_dir, create=True)
+    login = credentials.login_from(auth, auth_file)
+    check_sharing(share, login, host, settings.security.require_auth_for_share)
+    raise typer.Exit(serve_secured(host, port, settings, login, share))

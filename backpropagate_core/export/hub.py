@@ -126,7 +126,7 @@ def model_card(repo_id: str, folder: Path, run: Any | None) -> str:
     meta.append("---")
     name = repo_id.split("/", 1)[1]
     lines = [*meta, "", f"# {name}", "",
-             f"A LoRA fine-tune of {base_id or base or 'a base model'} made with backpropagate, "
+             f"A LoRA fine-tune of {_shown(base, base_id)} made with backpropagate, "
              f"published as {_describe(fmt, manifest)}.", ""]
     lines += _training_table(config, run)
     lines += _verification_lines(manifest)
@@ -147,7 +147,7 @@ def _training_table(config: dict, run: Any | None) -> list[str]:
         return []
     training = config.get("training") or {}
     lora = config.get("lora") or {}
-    rows = [("base model", config.get("model")),
+    rows = [("base model", _shown(config.get("model"), _hub_id(config.get("model")))),
             ("dataset", Path(str(config["data"])).name if config.get("data") else None),
             ("LoRA r / alpha", f"{lora.get('r')} / {lora.get('alpha')}" if lora else None)]
     rows += [(key.replace("_", " "), training.get(key)) for key in _TRAINING_KEYS]
@@ -164,7 +164,7 @@ def _verification_lines(manifest: dict) -> list[str]:
         return []
     out = ["## Verification", "",
            f"Checked against the trained model before publishing: max next-token logit difference "
-           f"{v['max_logit_diff']:.4g} (bound {v.get('bound')}), top-1 agreement "
+           f"{v['max_logit_diff']:.4g} (bound {v.get('bound', 0):.4g}), top-1 agreement "
            f"{v.get('top1_agreement', 0):.0%}, mean KL divergence {v.get('kl_divergence')}."]
     if "tokenization_match" in v:
         out.append(f"llama.cpp tokenization matches the training tokenizer: "
@@ -197,6 +197,13 @@ def _hub_id(base: str | None) -> str | None:
     if preset is not None:
         return preset.hub_id
     return base if _REPO.match(base) and not Path(base).expanduser().exists() else None
+
+
+def _shown(base: str | None, hub_id: str | None) -> str:
+    """The base model as a card may show it: a hub id, else only a folder's name."""
+    if hub_id:
+        return hub_id
+    return Path(str(base)).name if base else "a base model"
 
 
 def _fmt(value: float | None) -> str | None:

@@ -118,7 +118,8 @@ def derive_template(render: Callable[..., str], bos: str | None, eos: str | None
     parts.append(_lit(user_prefix) + "{{ .Content }}" + _lit(user_suffix)
                  + '{{ else if eq .Role "assistant" }}' + _lit(assistant_prefix) + "{{ .Content }}"
                  + _lit(assistant_suffix) + "{{ end }}{{ end }}" + _lit(gen or assistant_prefix))
-    stop = [s for s in specials if s in assistant_suffix or s in user_prefix or s == eos]
+    # Stop at the end of the answer, or where the model would start writing the next turn.
+    stop = [s for s in specials if s in assistant_suffix or user_prefix.startswith(s) or s == eos]
     return OllamaTemplate("".join(parts), default_system, sorted(set(stop)))
 
 
@@ -161,7 +162,7 @@ def register_with_ollama(gguf_path: str | Path, name: str, host: str | None = No
     if not path.is_file():
         raise BackpropError("INPUT_EXPORT_SOURCE_INVALID", f"{path} is not a file")
     host = (host or _default_host()).rstrip("/")
-    saved = _saved_template(path)
+    saved = _saved_template(path) if template is None else OllamaTemplate(template)
     digest = "sha256:" + sha256_file(path)
     client = _Client(host)
     uploaded = False

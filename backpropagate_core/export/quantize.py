@@ -7,6 +7,8 @@ mixes (which tensors get more bits) are exactly llama.cpp's.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 
 from backpropagate_core.errors import BackpropError
@@ -52,18 +54,48 @@ def require_llama_cpp(feature: str):
     return llama_cpp
 
 
-def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None = None) -> Path:
-    """Quantize the f16/bf16/f32 GGUF at `src` into `dst` with llama.cpp."""
+def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None = None) -> dict:
+    """Quantize the f16/bf16/f32 GGUF at `src` into `dst` with llama.cpp.
+
+    Returns notes for the manifest: how many tensors llama.cpp had to store in another
+    type (k-quants need rows that are a multiple of 256 wide; narrower ones fall back).
+    """
     import ctypes
-    import os
+
+    from backpropagate_core.export.chat import cpu_threads
 
     key = check_quantization(quantization)
     llama_cpp = require_llama_cpp(f"GGUF {key} quantization")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTIZATIONS[key][0]
-    params.nthread = threads or max(1, os.cpu_count() or 1)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
-                                       ctypes.byref(params))
+    params.nthread = threads or cpu_threads()
+    with _captured_stderr() as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
+                                           ctypes.byref(params))
+    text = log.read_text(errors="replace") if log.exists() else ""
     if rc != 0 or not Path(dst).is_file():
-        raise BackpropError("EXPORT_FAILED", f"llama.cpp quantization to {key} failed (code {rc})")
-    return Path(dst)
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        raise BackpropError("EXPORT_FAILED", f"llama.cpp quantization to {key} failed (code {rc}): {tail}")
+    found = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", text)
+    return {"fallback_tensors": int(found.group(1)) if found else 0,
+            "tensors": int(found.group(2)) if found else None}
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """llama.cpp writes its per-tensor report to the C-level stderr; keep it out of the terminal."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "quantize.log"
+        with open(path, "wb") as fh:
+            os.dup2(fh.fileno(), 2)
+            try:
+                yield path
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)

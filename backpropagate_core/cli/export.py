@@ -1,0 +1,179 @@
+"""Export commands: export (adapter / merged / GGUF, optional Ollama), push, chat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from backpropagate_core.cli.app import app, console
+
+_STAGES = {"load": "loading", "reference": "reference logits", "merge": "merging",
+           "write": "writing", "quantize": "quantizing", "verify": "verifying", "done": "done"}
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="Run id (or prefix), adapter folder or merged model folder."),
+    format: str = typer.Option("gguf", "--format", "-f", help="adapter, merged or gguf."),
+    quantization: Optional[str] = typer.Option(
+        None, "--quantization", "-q",
+        help="gguf: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m (default), q4_0, q3_k_m, q2_k ...; "
+             "merged: f32, f16 or bf16 (default: the base model's dtype)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write into (default: <run>/exports)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the comparison with the trained model."),
+    ollama: bool = typer.Option(False, "--ollama", help="Register the GGUF with Ollama afterwards."),
+    ollama_name: Optional[str] = typer.Option(None, "--ollama-name", help="Ollama model name (default: the export's name)."),
+    ollama_host: Optional[str] = typer.Option(None, "--ollama-host", help="Ollama server (default: BACKPROPAGATE_OLLAMA_HOST or http://127.0.0.1:11434)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a trained run; GGUF files are checked in llama.cpp against the trained model."""
+    from backpropagate_core.errors import BackpropError
+    from backpropagate_core.export import export_model
+
+    if ollama and format != "gguf":
+        raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "--ollama needs --format gguf")
+    if ollama and ollama_name:
+        from backpropagate_core.export.ollama import check_name
+
+        check_name(ollama_name)  # before minutes of exporting, not after
+    with _progress() as sink:
+        result = export_model(source, format=format, quantization=quantization, output_dir=output,
+                              verify=not no_verify, on_progress=sink)
+    registration = None
+    if ollama:
+        name = ollama_name or _default_ollama_name(result)
+        registration = _register(result.path, name, ollama_host)
+    if as_json:
+        out = result.to_dict()
+        if registration:
+            out["ollama_registration"] = registration.__dict__
+        print(json.dumps(out, default=str))
+        return
+    _print_result(result)
+    if registration:
+        console.print(f"[green]registered with Ollama[/] as {registration.name}: "
+                      f"[bold]{registration.run_command}[/]")
+    elif result.format == "gguf":
+        console.print(f"Ollama: cd {result.folder} && ollama create NAME -f Modelfile")
+
+
+def _default_ollama_name(result) -> str:
+    """`<run name>:<quantization>`, e.g. support-bot:q4_k_m."""
+    stem = result.path.stem
+    suffix = f"-{result.quantization}"
+    return f"{stem[: -len(suffix)] if stem.endswith(suffix) else stem}:{result.quantization}"
+
+
+def _register(path: Path, name: str, host: str | None):
+    from backpropagate_core.export import register_with_ollama
+
+    with console.status(f"registering {name} with Ollama") as status:
+        return register_with_ollama(path, name, host=host,
+                                    on_status=lambda s: status.update(f"Ollama: {s}"))
+
+
+class _progress:
+    """A rich progress bar fed by ExportProgress events."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(),
+                            TextColumn("{task.fields[message]}"), TimeElapsedColumn(),
+                            console=console, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("export", total=1, message="")
+        return self
+
+    def __call__(self, event) -> None:
+        total = event.total or 1
+        self.bar.update(self.task, description=_STAGES.get(event.stage, event.stage),
+                        completed=min(event.done, total), total=total, message=event.message)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+
+def _print_result(result) -> None:
+    v = result.verification
+    console.print(f"[green]exported[/] {result.format}"
+                  f"{' ' + result.quantization if result.quantization else ''}: {result.path}")
+    console.print(f"  size {result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s")
+    if "max_logit_diff" in v:
+        line = (f"  verified: max logit diff {v['max_logit_diff']:.4g} (bound {v['bound']:.4g}), "
+                f"top-1 agreement {v['top1_agreement']:.0%}, KL {v['kl_divergence']:.2g}")
+        if "tokenization_match" in v:
+            line += f", tokenization {'matches' if v['tokenization_match'] else 'DIFFERS'}"
+        console.print(line)
+    elif v.get("passed"):
+        console.print("  verified: files identical to the run's adapter")
+    else:
+        console.print("  [yellow]not verified[/]")
+
+
+@app.command()
+def push(
+    source: str = typer.Argument(..., help="Run id (or prefix), adapter/model folder or export folder."),
+    repo: str = typer.Option(..., "--repo", help="Hub repository, user/name."),
+    public: bool = typer.Option(False, "--public", help="Make a new repository public (default private)."),
+    export_name: Optional[str] = typer.Option(None, "--export", help="Push this export of the run (e.g. gguf-q4_k_m) instead of its adapter."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="HF_TOKEN", help="Hub token (default: HF_TOKEN or the saved login)."),
+) -> None:
+    """Upload an adapter, merged model or GGUF to the Hugging Face Hub with a model card."""
+    from backpropagate_core.export import push_to_hub
+
+    with console.status(f"uploading to {repo}"):
+        result = push_to_hub(source, repo, private=not public, token=token, export=export_name)
+    console.print(f"[green]pushed[/] {len(result.files)} files to {result.url} "
+                  f"({'private' if result.private else 'public'})")
+
+
+@app.command()
+def chat(
+    source: str = typer.Argument(..., help="Run id (or prefix), adapter folder or merged model folder."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Ask once and exit (default: interactive)."),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="GGUF to compare with (default: the run's newest GGUF export)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    max_new_tokens: int = typer.Option(128, help="Longest answer, in tokens."),
+) -> None:
+    """Chat with the trained model and its GGUF side by side (greedy, so answers are comparable)."""
+    from backpropagate_core.export.chat import ChatSession
+
+    with console.status("loading the model"):
+        session = ChatSession(source, gguf=gguf, max_new_tokens=max_new_tokens)
+    if session.gguf_path:
+        console.print(f"[dim]comparing with {session.gguf_path}[/]")
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    while True:
+        text = prompt if prompt is not None else _ask()
+        if text is None:
+            return
+        history.append({"role": "user", "content": text})
+        answers = session.ask(history)
+        _print_answers(answers)
+        history.append({"role": "assistant", "content": answers["transformers"].text})
+        if prompt is not None:
+            return
+
+
+def _ask() -> str | None:
+    try:
+        text = console.input("[bold cyan]you>[/] ").strip()
+    except EOFError:
+        return None
+    return None if text in ("", "/exit", "/quit") else text
+
+
+def _print_answers(answers: dict) -> None:
+    from rich.columns import Columns
+    from rich.panel import Panel
+
+    panels = [Panel(a.text or "[dim](empty)[/]", title=f"{name} · {a.seconds:.1f}s", expand=True)
+              for name, a in answers.items()]
+    console.print(Columns(panels, equal=True, expand=True) if len(panels) > 1 else panels[0])
+    if len(answers) == 2:
+        same = answers["transformers"].tokens == answers["llama.cpp"].tokens
+        console.print("[green]identical answers[/]" if same else "[yellow]the answers differ[/]")

@@ -1,0 +1,113 @@
+"""Speed levers of the training step; `docs/performance.md` has what each one measured.
+
+- Padding-free batches (`pack_batch`): a micro-batch's examples are joined into one row
+  with position ids restarting at 0 for each example and no attention mask. transformers
+  turns restarting position ids into a block-diagonal causal mask (sdpa / eager) or into
+  varlen boundaries (flash-attention), so no example attends to another, and no compute
+  is spent on padding. The label that would be predicted across a boundary is masked,
+  so the loss equals the padded batch's loss.
+- Loss on labelled positions only (`labelled_loss`): the LM head (vocab x hidden, a fifth
+  of a small model's FLOPs) and the softmax over the vocabulary run only on positions that
+  carry a label (assistant replies), never on prompts. Used for plain-head causal LMs.
+- Liger kernels on CUDA when `liger-kernel` is installed (fused linear cross-entropy,
+  RMSNorm, RoPE, SwiGLU); they replace `labelled_loss` there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+IGNORE_INDEX = -100
+LABEL_INDEX = "label_index"
+"""Collated key: flat positions whose next token carries a label (computed on the CPU)."""
+
+# Architectures whose logits are exactly lm_head(hidden): no soft-capping, scaling or bias.
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3", "granite"})
+_SCALED_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def pack_batch(batch: list[dict]) -> dict:
+    """One row holding every example of `batch`, with per-example position ids."""
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for x in batch:
+        n = len(x["input_ids"])
+        ids += x["input_ids"]
+        # The first token of an example is never a target: in a padded batch it has no
+        # predecessor, and here its predecessor is the previous example's last token.
+        labels += [IGNORE_INDEX] + list(x["labels"][1:])
+        positions += range(n)
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions]), "use_cache": False}
+
+
+def label_index(labels) -> "torch.Tensor":  # noqa: F821
+    """Flat indices of the positions whose next token is a target."""
+    import torch.nn.functional as F
+
+    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    return (shifted.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(-1)
+
+
+def causal_lm(model):
+    """The transformers CausalLM inside a peft / DDP / compiled wrapper."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+    return model
+
+
+def plain_lm_head(model) -> bool:
+    """Whether logits are exactly `lm_head(decoder(x))`, so `labelled_loss` may replace them."""
+    import torch.nn as nn
+
+    lm = causal_lm(model)
+    config = getattr(lm, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return False
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _SCALED_HEAD_ATTRS):
+        return False
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    inner = getattr(lm, getattr(lm, "base_model_prefix", "model"), None)
+    return type(head) is nn.Linear and head.bias is None and isinstance(inner, nn.Module)
+
+
+def labelled_loss(model, inputs: dict, num_items_in_batch=None):
+    """Summed next-token cross-entropy over labelled positions, divided by the number of
+    labelled tokens in the whole accumulated batch (or in this batch when not given).
+
+    Same value as transformers' `ForCausalLMLoss`; the head and the vocabulary softmax
+    only see rows that are targets.
+    """
+    import torch.nn.functional as F
+
+    lm = causal_lm(model)
+    labels = inputs.pop("labels")
+    index = inputs.pop(LABEL_INDEX, None)
+    inputs.pop("num_items_in_batch", None)
+    decoder = getattr(lm, lm.base_model_prefix)
+    hidden = decoder(**{**inputs, "use_cache": False}).last_hidden_state
+    if index is None:
+        index = label_index(labels)
+    index = index.to(hidden.device)
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1).index_select(0, index)
+    logits = lm.get_output_embeddings()(hidden)
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    divisor = num_items_in_batch if num_items_in_batch is not None else max(1, int(index.numel()))
+    if hasattr(divisor, "to"):
+        divisor = divisor.to(loss.device)
+    return loss / divisor
+
+
+def liger_available(device: str) -> bool:
+    return device == "cuda" and importlib.util.find_spec("liger_kernel") is not None

@@ -1,0 +1,252 @@
+"""Ollama: the derived TEMPLATE renders chats exactly like the training template, and the
+registration client works against a local server implementing Ollama's documented API."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import pytest
+
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.export import ollama
+from tests.ollama_contract_server import OllamaContractServer
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "What is 2 + 2?"},
+]
+
+
+def render_go(template: str, messages: list[dict]) -> str:
+    """Just enough of Go's text/template to run the templates we generate."""
+    parts = re.split(r"({{.*?}})", template)
+    out: list[str] = []
+
+    def run(i: int, msg: dict | None, emit: bool) -> int:
+        while i < len(parts):
+            part = parts[i]
+            if not part.startswith("{{"):
+                if emit:
+                    out.append(part)
+                i += 1
+                continue
+            action = part[2:-2].strip()
+            if action == "range .Messages":
+                end = i
+                for m in messages:
+                    end = run(i + 1, m, emit)
+                i = end if messages else _skip(i + 1)
+            elif action.startswith("if eq .Role") or action.startswith("else if eq .Role"):
+                i = _branch(i, msg, emit)
+            elif action == "end":
+                return i + 1
+            elif action == ".Content":
+                if emit:
+                    out.append(msg["content"])
+                i += 1
+            elif action == '"{{"':
+                if emit:
+                    out.append("{{")
+                i += 1
+            else:
+                raise ValueError(f"unsupported action {action!r}")
+        return i
+
+    def _branch(i: int, msg: dict, emit: bool) -> int:
+        taken = False
+        while True:
+            action = parts[i][2:-2].strip()
+            if action == "end":
+                return i + 1
+            role = re.search(r'"(\w+)"', action).group(1)
+            take = emit and not taken and msg["role"] == role
+            taken = taken or take
+            i = _until_next_clause(i + 1, msg, take)
+
+    def _until_next_clause(i: int, msg: dict, emit: bool) -> int:
+        while i < len(parts):
+            action = parts[i][2:-2].strip() if parts[i].startswith("{{") else None
+            if action == "end" or (action or "").startswith("else if"):
+                return i
+            if action is None:
+                if emit:
+                    out.append(parts[i])
+                i += 1
+            elif action == ".Content":
+                if emit:
+                    out.append(msg["content"])
+                i += 1
+            else:
+                raise ValueError(f"unsupported nested action {action!r}")
+        return i
+
+    def _skip(i: int) -> int:
+        depth = 1
+        while depth:
+            action = parts[i][2:-2].strip() if parts[i].startswith("{{") else ""
+            depth += action.startswith(("if ", "range ")) - (action == "end")
+            i += 1
+        return i
+
+    run(0, None, True)
+    return "".join(out)
+
+
+def ollama_prompt(tmpl: ollama.OllamaTemplate, messages: list[dict]) -> str:
+    """What Ollama sends to llama.cpp: SYSTEM fills in when the chat has no system turn."""
+    if tmpl.system and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": tmpl.system}] + messages
+    return render_go(tmpl.template, messages)
+
+
+def jinja_render(source: str, bos: str = "", eos: str = ""):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        from jinja2 import TemplateError
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    template = env.from_string(source)
+    return lambda messages, add_generation_prompt=False: template.render(
+        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
+
+
+def test_chatml_template_from_the_training_tokenizer(tiny_tokenizer):
+    tmpl = ollama.template_from_tokenizer(tiny_tokenizer)
+    expected = tiny_tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    assert ollama_prompt(tmpl, CONVERSATION) == expected
+    assert tmpl.system is None
+    assert tmpl.stop == ["<|im_end|>", "<|im_start|>"]
+
+
+DEFAULT_SYSTEM_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+MISTRAL_STYLE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+@pytest.mark.parametrize("source, bos, eos, specials, has_system, bos_is_separate", [
+    # SmolLM2's tokenizer calls <|im_start|> its BOS, but it is turn markup here.
+    (DEFAULT_SYSTEM_TEMPLATE, "<|im_start|>", "<|im_end|>", ["<|im_start|>", "<|im_end|>"], True, False),
+    (LLAMA3_STYLE, "<|begin_of_text|>", "<|eot_id|>",
+     ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], True, True),
+    (MISTRAL_STYLE, "<s>", "</s>", ["<s>", "</s>", "[INST]", "[/INST]"], False, True),
+])
+def test_derived_templates_render_like_the_jinja_template(source, bos, eos, specials, has_system,
+                                                         bos_is_separate):
+    render = jinja_render(source, bos, eos)
+    tmpl = ollama.derive_template(render, bos, eos, specials)
+    convo = CONVERSATION if has_system else CONVERSATION[1:]
+    expected = render(convo, add_generation_prompt=True)
+    if bos_is_separate:  # llama.cpp adds this BOS itself, so the template must not repeat it
+        assert expected.startswith(bos)
+        expected = expected[len(bos):]
+    assert ollama_prompt(tmpl, convo) == expected
+    assert eos in tmpl.stop
+
+
+def test_default_system_prompt_becomes_the_modelfile_system():
+    render = jinja_render(DEFAULT_SYSTEM_TEMPLATE)
+    tmpl = ollama.derive_template(render, None, "<|im_end|>", ["<|im_start|>", "<|im_end|>"])
+    assert tmpl.system == "You are a tiny test model."
+    convo = CONVERSATION[1:]
+    assert ollama_prompt(tmpl, convo) == render(convo, add_generation_prompt=True)
+    text = ollama.modelfile("m.gguf", tmpl)
+    assert text.splitlines()[0] == "FROM ./m.gguf"
+    assert 'SYSTEM """You are a tiny test model."""' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text
+
+
+@pytest.mark.parametrize("name", ["my-model", "my-model:q4_k_m", "user/model:latest", "Model.v2_1"])
+def test_valid_names(name):
+    assert ollama.check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-bad", "has space", "a:b:c", "x/y/z", "emoji🙂", "tag:-x"])
+def test_invalid_names_fail_before_any_request(name, fake_export):
+    with pytest.raises(BackpropError) as err:
+        ollama.register_with_ollama(fake_export, name, host="http://127.0.0.1:9")
+    assert err.value.code == "INPUT_OLLAMA_NAME_INVALID"
+
+
+@pytest.fixture
+def fake_export(tmp_path, tiny_tokenizer):
+    """An export folder as export_model leaves it (a small GGUF-looking file + export.json)."""
+    folder = tmp_path / "gguf-q4_k_m"
+    folder.mkdir()
+    gguf = folder / "tiny-q4_k_m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    tmpl = ollama.template_from_tokenizer(tiny_tokenizer)
+    (folder / "export.json").write_text(json.dumps({"format": "gguf", "ollama": tmpl.to_dict()}))
+    return gguf
+
+
+def test_register_uploads_once_and_creates_the_model(fake_export):
+    statuses = []
+    with OllamaContractServer() as server:
+        first = ollama.register_with_ollama(fake_export, "tiny:q4", host=server.url,
+                                            on_status=statuses.append)
+        second = ollama.register_with_ollama(fake_export, "tiny:again", host=server.url)
+    assert first.uploaded and not second.uploaded
+    assert first.digest == "sha256:" + ollama.sha256_file(fake_export)
+    assert statuses[-1] == "success" and first.statuses == statuses
+    assert first.run_command == "ollama run tiny:q4"
+    created = server.models["tiny:q4"]
+    assert created["files"] == {"tiny-q4_k_m.gguf": first.digest}
+    assert created["parameters"]["stop"] == ["<|im_end|>", "<|im_start|>"]
+    assert "<|im_start|>assistant" in created["template"]
+    assert [r for r in server.requests if r[0] == "POST" and "blobs" in r[1]] == \
+        [("POST", f"/api/blobs/{first.digest}")]
+
+
+def test_digest_mismatch_is_a_coded_error(fake_export, monkeypatch):
+    monkeypatch.setattr(ollama, "sha256_file", lambda path: "0" * 64)
+    with OllamaContractServer() as server, pytest.raises(BackpropError) as err:
+        ollama.register_with_ollama(fake_export, "tiny", host=server.url)
+    assert err.value.code == "DEP_OLLAMA_REGISTRATION_FAILED"
+    assert "400" in err.value.message and "digest mismatch" in err.value.message
+    assert not err.value.retryable
+
+
+def test_an_error_line_in_the_create_stream_fails(fake_export):
+    fake_export.write_bytes(b"not a gguf file")
+    with OllamaContractServer() as server, pytest.raises(BackpropError) as err:
+        ollama.register_with_ollama(fake_export, "tiny", host=server.url)
+    assert err.value.code == "DEP_OLLAMA_REGISTRATION_FAILED"
+    assert "invalid file magic" in err.value.message
+    assert not server.models
+
+
+def test_daemon_down_is_retryable(fake_export):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(BackpropError) as err:
+        ollama.register_with_ollama(fake_export, "tiny", host=f"http://127.0.0.1:{port}")
+    assert err.value.code == "DEP_OLLAMA_REGISTRATION_FAILED"
+    assert err.value.retryable and "not reachable" in err.value.message
+
+
+def test_a_gguf_without_export_manifest_needs_a_template(tmp_path):
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(BackpropError) as err:
+        ollama.register_with_ollama(gguf, "tiny", host="http://127.0.0.1:9")
+    assert err.value.code == "INPUT_EXPORT_SOURCE_INVALID"
