@@ -107,7 +107,12 @@ def sparkline(losses: list[float | None], width: int = 30) -> list[dict]:
 
 def histogram_bars(histogram: list[dict]) -> list[dict]:
     """Bars {range, count} from the report's token-length histogram."""
-    return [{"range": f"{h['bin_start']}-{h['bin_end']}", "count": h["count"]} for h in histogram]
+    return [{"range": _bin_label(h["bin_start"], h["bin_end"]), "count": h["count"]} for h in histogram]
+
+
+def _bin_label(start: int, end: int) -> str:
+    """Label of a [start, end) bin of whole token counts."""
+    return str(start) if end - start <= 1 else f"{start}–{end - 1}"
 
 
 def _round(value: float | None) -> float | None:
@@ -255,7 +260,9 @@ class RunTail:
             "lr": fmt_lr(step_event.get("lr")),
             "eta": fmt_duration(step_event.get("eta_s")) if status == "running" else DASH,
             "elapsed": fmt_duration(run.get("duration_s")),
-            "points": thin([self.points[k] for k in sorted(self.points)]),
+            # Copies: an eval event later fills in a point, and the previous view must not
+            # change with it, or the State would never see the difference.
+            "points": thin([dict(self.points[k]) for k in sorted(self.points)]),
             "hardware": hardware_view(self.hardware),
             "log": list(reversed(self.log)),
             "artifacts": [{"name": k, "path": v} for k, v in sorted((run.get("artifacts") or {}).items())],
@@ -371,6 +378,19 @@ def merge_plan(form: dict[str, str], planned: dict[str, str], fresh: dict[str, s
     rest take the fresh plan's values."""
     return {key: form[key] if form.get(key, "") != planned.get(key, "") else fresh.get(key, "")
             for key, _label, _type in FORM_FIELDS}
+
+
+def field_captions(form: dict[str, str], planned: dict[str, str], captions: dict[str, str]) -> dict[str, str]:
+    """The caption under each field: the plan's reason, or what the plan would have used
+    once the person typed their own value."""
+    shown = {}
+    for key, _label, _type in FORM_FIELDS:
+        mine, plans = (form.get(key) or "").strip(), (planned.get(key) or "").strip()
+        if plans and mine != plans:
+            shown[key] = f"set by you; the plan chose {plans} ({captions.get(key, '')})"
+        else:
+            shown[key] = captions.get(key, "")
+    return shown
 
 
 def default_captions() -> dict[str, str]:

@@ -122,9 +122,9 @@ def plan(model: str, data: str, overrides: dict | None = None) -> dict:
 
 
 def start_run(model: str, data: str, name: str | None, overrides: dict) -> str:
+    data = workspace_path(data)
     gate.allow("start")  # each run is a process training on this machine
-    return worker.start_run(model, workspace_path(data), name=name or None, overrides=overrides,
-                            home=settings().home)
+    return worker.start_run(model, data, name=name or None, overrides=overrides, home=settings().home)
 
 
 def cancel_run(run_id: str) -> None:

@@ -150,7 +150,8 @@ class Session:
     via: str
     """"cookie", "basic" or "open" (no login configured)."""
     key: str
-    """Who to count for rate limits."""
+    """Who to count for per-session rate limits (the cookie's session, all Basic clients
+    together, or the client address without a login)."""
     jti: str | None = None
     expires: float | None = None
 
@@ -284,7 +285,7 @@ class Gate:
             return None
         if claims["jti"] in self._revoked:
             return None
-        return Session("cookie", key=f"user:{self.config.user}", jti=claims["jti"], expires=float(claims["exp"]))
+        return Session("cookie", key=f"session:{claims['jti']}", jti=claims["jti"], expires=float(claims["exp"]))
 
     def _login_wait(self, req: Request) -> int:
         return max(self.login_limit.retry_after(req.client), self.login_limit_total.retry_after("*"))
@@ -304,7 +305,7 @@ class Gate:
         # each request does not pay for scrypt again.
         fingerprint = hmac.new(self.config.secret.encode(), encoded.encode(), hashlib.sha256).digest()
         if self._basic_ok.get(fingerprint, 0) > time.monotonic():
-            return Session("basic", key=f"user:{self.config.user}"), 0
+            return Session("basic", key="basic"), 0
         wait = self._login_wait(req)
         if wait:
             return None, wait
@@ -317,7 +318,7 @@ class Gate:
         if len(self._basic_ok) > 1000:
             self._basic_ok.clear()
         self._basic_ok[fingerprint] = time.monotonic() + 600
-        return Session("basic", key=f"user:{self.config.user}"), 0
+        return Session("basic", key="basic"), 0
 
     def issue_token(self) -> tuple[str, str]:
         """A new session JWT and its id."""

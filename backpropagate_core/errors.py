@@ -8,6 +8,7 @@ only printed with `--verbose`.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from backpropagate_core.redact import redact
@@ -159,4 +160,21 @@ class BackpropError(Exception):
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message, "hint": self.hint,
                 "retryable": self.retryable}
+
+
+# What a full disk looks like through Python, safetensors (Rust), torch.save, SQLite and Windows.
+_DISK_FULL_TEXT = ("no space left on device", "storagefull", "not enough space on the disk",
+                   "disk quota exceeded", "file write failed", "database or disk is full")
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from, means the disk (or quota) is full."""
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in full:
+            return True
+        if any(text in str(err).lower() for text in _DISK_FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 

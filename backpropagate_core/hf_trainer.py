@@ -16,6 +16,7 @@ from pathlib import Path
 from backpropagate_core import events as ev
 from backpropagate_core import platform_support
 from backpropagate_core.config import TrainingSettings
+from backpropagate_core.errors import BackpropError
 
 MANIFEST = "backpropagate.json"
 
@@ -51,15 +52,27 @@ def truncate(examples: list[dict], max_len: int) -> list[dict]:
 
 
 class Collator:
-    """Pads a batch; `trained` counts the non-padding tokens that went through training
+    """Makes a batch: padded rows, or (`pack`) one padding-free row per micro-batch (see
+    `speed.pack_batch`). `trained` counts the real tokens that went through training
     steps (the trainer adds them as each step consumes a batch, so prefetching and
     evaluation batches do not skew tokens/s)."""
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, pack: bool = False, label_index: bool = False) -> None:
         self.pad_id = pad_id
+        self.pack = pack
+        self.label_index = label_index
+        """Also send the labelled positions, computed here on the CPU (see `speed.labelled_loss`)."""
         self.trained = 0
 
     def __call__(self, batch: list[dict]) -> dict:
+        from backpropagate_core import speed
+
+        out = speed.pack_batch(batch) if self.pack else self._pad(batch)
+        if self.label_index:
+            out[speed.LABEL_INDEX] = speed.label_index(out["labels"])
+        return out
+
+    def _pad(self, batch: list[dict]) -> dict:
         import torch
 
         width = max(len(x["input_ids"]) for x in batch)
@@ -72,6 +85,12 @@ class Collator:
             labels[i, :n] = torch.tensor(x["labels"])
             mask[i, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    @staticmethod
+    def count(batch: dict) -> int:
+        """Real (non-padding) tokens in a collated batch."""
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
 class _ListDataset:
@@ -86,7 +105,7 @@ class _ListDataset:
 
 
 def _make_callback(run_id: str, sink: ev.Sink, collator: Collator, cancel_flag: Path,
-                   output_dir: Path):
+                   output_dir: Path, guard=None):
     from transformers import TrainerCallback
 
     class EventCallback(TrainerCallback):
@@ -94,6 +113,8 @@ def _make_callback(run_id: str, sink: ev.Sink, collator: Collator, cancel_flag: 
 
         def __init__(self) -> None:
             self.cancelled = False
+            self.overheat = None
+            """The RUNTIME_GPU_OVERHEAT error once the guard aborted; raised after the last save."""
             self.last_loss: float | None = None
             self.t0 = self.t_last = time.time()
             self.tokens_last = 0
@@ -144,6 +165,13 @@ def _make_callback(run_id: str, sink: ev.Sink, collator: Collator, cancel_flag: 
 
         def on_step_end(self, args, state, control, **kw):
             self.step_time += time.perf_counter() - self.t_step
+            if guard is not None and self.overheat is None:
+                try:
+                    guard.wait_if_paused(should_stop=cancel_flag.exists)
+                except BackpropError as err:
+                    self.overheat = err
+                    control.should_save = True
+                    control.should_training_stop = True
             if cancel_flag.exists():
                 self.cancelled = True
                 control.should_save = True
@@ -161,12 +189,26 @@ def _trainer_class():
         """Writes each checkpoint under a `.partial` folder and renames it when complete."""
 
         run_id: str = ""
+        labelled_loss: bool = False
+        """Compute the loss with `speed.labelled_loss` (plain-head causal LMs)."""
         _staging: str | None = None
 
         def training_step(self, model, inputs, *args, **kwargs):
             # The batch is still on the CPU here, so counting costs no device sync.
-            self.data_collator.trained += int(inputs["attention_mask"].sum())
+            self.data_collator.trained += self.data_collator.count(inputs)
             return super().training_step(model, inputs, *args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from backpropagate_core import speed
+
+            if not self.labelled_loss:
+                inputs.pop(speed.LABEL_INDEX, None)
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = speed.labelled_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items_in_batch counts every process's tokens and DDP averages gradients.
+                loss = loss * self.accelerator.num_processes
+            return (loss, {"loss": loss}) if return_outputs else loss
 
         def _get_output_dir(self, trial):
             return self._staging or super()._get_output_dir(trial)
@@ -222,37 +264,88 @@ def prepare_checkpoints(root: Path) -> Path | None:
 
 def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: TrainingSettings, *,
         run_id: str, output_dir: Path, sink: ev.Sink, resume_from: Path | None,
-        cancel_flag: Path) -> FitOutcome:
-    """Train `model` (a peft model) and report progress through `sink`."""
+        cancel_flag: Path, guard=None) -> FitOutcome:
+    """Train `model` (a peft model) and report progress through `sink`.
+
+    `guard` (a `gpu.Guard`) can pause training between steps while the GPU cools. On a
+    CUDA out-of-memory error, with `t.oom_recovery`, the batch is halved and accumulation
+    doubled (the effective batch stays the same) and training continues from the step it
+    had reached, at most `oom.MAX_RETRIES` times.
+    """
+    from backpropagate_core import oom, speed
+
+    labelled = speed.plain_lm_head(model) and not _liger(t)
+    collator = Collator(tokenizer.pad_token_id, pack=t.packing, label_index=labelled)
+    callback = _make_callback(run_id, sink, collator, cancel_flag, output_dir, guard)
+    batch, accum, resume = t.batch_size, t.grad_accum, resume_from
+    for attempt in range(oom.MAX_RETRIES + 1):
+        trainer = _build_trainer(model, train_rows, val_rows, t, batch, accum, run_id=run_id,
+                                 output_dir=output_dir, collator=collator, callback=callback,
+                                 labelled=labelled)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            break
+        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled; the rest re-raise
+            if not (oom.is_oom(err) and t.oom_recovery and oom.single_process()):
+                raise
+            if attempt == oom.MAX_RETRIES or batch == 1:
+                raise oom.exhausted(err, batch, attempt) from err
+            resume = oom.rescue(trainer, output_dir) or resume
+            batch, accum = batch // 2, accum * 2
+            sink(ev.LogLine(run_id, level="WARNING", message=(
+                f"out of memory at step {trainer.state.global_step}; retrying with batch {batch} x "
+                f"accumulation {accum} (same effective batch), attempt {attempt + 1} of {oom.MAX_RETRIES}")))
+    if callback.overheat is not None:
+        raise callback.overheat
+    return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,
+                      callback.last_checkpoint, _overall_rate(collator, callback))
+
+
+def _liger(t: TrainingSettings) -> bool:
+    """Liger kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU) on CUDA when installed."""
+    import torch
+
+    from backpropagate_core import speed
+
+    return speed.liger_available("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _build_trainer(model, train_rows, val_rows, t: TrainingSettings, batch: int, accum: int, *,
+                   run_id: str, output_dir: Path, collator: Collator, callback, labelled: bool):
     import torch
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
+    from backpropagate_core import trackers
+
     on_cuda = torch.cuda.is_available()
-    collator = Collator(tokenizer.pad_token_id)
-    callback = _make_callback(run_id, sink, collator, cancel_flag, output_dir)
     evaluate = bool(val_rows)
+    report_to, tracker_callbacks = trackers.setup(t.report_to, output_dir.parent)
     args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=t.steps, per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        output_dir=str(output_dir), max_steps=t.steps, per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch, gradient_accumulation_steps=accum,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay, logging_steps=t.logging_steps, save_strategy="steps",
         save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps or t.save_steps,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not on_cuda,
         **_checkpointing_arg(bool(t.gradient_checkpointing)), seed=t.seed, data_seed=t.seed,
-        report_to=[], run_name=run_id, disable_tqdm=True, remove_unused_columns=False,
+        # One fused kernel for all LoRA tensors instead of a loop over hundreds of small ones.
+        optim="adamw_torch_fused",
+        # Evaluation only needs the loss; gathering logits would hold batch x length x vocab floats.
+        prediction_loss_only=True, use_liger_kernel=_liger(t),
+        report_to=report_to, run_name=run_id, disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=platform_support.dataloader_workers(), logging_first_step=True,
+        ddp_find_unused_parameters=False,
     )
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=_ListDataset(train_rows),
         eval_dataset=_ListDataset(val_rows) if evaluate else None,
-        data_collator=collator, callbacks=[callback])
+        data_collator=collator, callbacks=[callback, *tracker_callbacks])
     trainer.run_id = run_id
+    trainer.labelled_loss = labelled
     trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,
-                      callback.last_checkpoint, _overall_rate(collator, callback))
+    return trainer
 
 
 def _checkpointing_arg(enabled: bool) -> dict:

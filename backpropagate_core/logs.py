@@ -8,9 +8,9 @@ Settings (env or `.env`):
 
 While a run executes, `bind_run` puts its id on every record made in that context (and,
 as a fallback, on records from threads that never saw the context, such as the hardware
-sampler) and writes `<run_dir>/run.log`. That file always records from DEBUG up, so a
-post-mortem has the whole story whatever the console showed. Every handler redacts
-secrets before anything is written.
+sampler) and writes `<run_dir>/run.log`. That file always records from DEBUG up, plus
+the warnings of transformers, peft and accelerate, so a post-mortem has the whole story
+whatever the console showed. Every handler redacts secrets before anything is written.
 
     logger = logs.get_logger(__name__)
     with logs.bind_run(run_id, run_dir / logs.RUN_LOG):
@@ -42,6 +42,8 @@ _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("backpropag
 # Runs bound in this process, innermost last; the fallback for threads without the context.
 _process_runs: list[str] = []
 _state: dict[str, Any] = {"configured": False, "echo_events": True}
+# Their warnings (at their own levels) also land in run.log, next to ours.
+_LIBRARY_LOGGERS = ("transformers", "peft", "accelerate")
 
 
 def get_logger(name: str = ROOT) -> logging.Logger:
@@ -171,6 +173,8 @@ def wants_json(setting: bool | str, stream: TextIO) -> bool:
     """`auto` means JSON for machines (pipes, files, the worker) and text for a person."""
     if isinstance(setting, bool):
         return setting
+    if "ipykernel" in sys.modules:  # a notebook: a person reads it, though it is not a TTY
+        return False
     try:
         return not stream.isatty()
     except (AttributeError, ValueError):
@@ -242,12 +246,14 @@ def bind_run(run_id: str, log_path: Path | None = None) -> Iterator[logging.Logg
         handler._run_file = True  # type: ignore[attr-defined]
         handler.addFilter(_OnlyRun(run_id))
         handler.setFormatter(TextFormatter())
-        logger.addHandler(handler)
+        for name in (ROOT, *_LIBRARY_LOGGERS):
+            logging.getLogger(name).addHandler(handler)
     try:
         yield logger
     finally:
         if handler is not None:
-            logger.removeHandler(handler)
+            for name in (ROOT, *_LIBRARY_LOGGERS):
+                logging.getLogger(name).removeHandler(handler)
             handler.close()
         _process_runs.remove(run_id)
         _run_id.reset(token)

@@ -169,7 +169,7 @@ def stored_config(config: RunConfig, settings: CampaignSettings) -> dict:
 
 
 def unfinished(run: Run) -> bool:
-    """Whether the campaign trained at least one run but not its last."""
+    """Whether the campaign is queued or running, or trained some runs but not its last."""
     state = _state_of(run)
     return run.active or (state is not None and not state.done)
 

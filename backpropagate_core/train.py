@@ -13,7 +13,6 @@ honours stop requests.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from backpropagate_core import events as ev
 from backpropagate_core import logs, platform_support
 from backpropagate_core.config import (DEFAULT_MODEL, LoraSettings, TrainingSettings,
                                        describe_validation, load_settings)
-from backpropagate_core.errors import BackpropError
+from backpropagate_core.errors import BackpropError, is_disk_full
 from backpropagate_core.runs import RunStore
 
 _log = logs.get_logger(__name__)
@@ -180,25 +179,9 @@ def execute_run(run_id: str, store: RunStore, *, extra_sinks: list | tuple = (),
             raise coded from err
 
 
-# What a full disk looks like through Python, safetensors (Rust), torch.save and SQLite.
-_DISK_FULL_TEXT = ("no space left on device", "storagefull", "not enough space on the disk",
-                   "disk quota exceeded", "file write failed", "database or disk is full")
-_DISK_FULL_ERRNO = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-def _disk_full(err: BaseException | None) -> bool:
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNO:
-            return True
-        if any(text in str(err).lower() for text in _DISK_FULL_TEXT):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 def _classify(err: Exception, run_dir: Path | None = None) -> BackpropError:
     text = f"{type(err).__name__}: {err}"
-    if _disk_full(err):
+    if is_disk_full(err):
         from backpropagate_core.hf_trainer import checkpoint_step, complete_checkpoints
 
         done = sorted(complete_checkpoints(run_dir / CHECKPOINTS_DIR), key=checkpoint_step) if run_dir else []

@@ -63,9 +63,9 @@ def print_table(results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run (task)")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (task)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--val", type=int, default=16, help="validation examples held out per task")
     parser.add_argument("--schedule", default="inv_sqrt", help="SLAO merge step: inv_sqrt, inv or constant")
     parser.add_argument("--seed", type=int, default=42)

@@ -52,3 +52,42 @@ def tiny_base(root: Path, arch: str, **kwargs) -> Path:
     """A tiny random model wide enough (256) for llama.cpp's k-quants to really apply."""
     return build_model(root / f"base-{arch}", arch=arch, hidden=256, intermediate=512,
                        heads=4, kv_heads=2, **kwargs)
+
+
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}")
+
+
+def tiny_mistral_spm(root: Path) -> Path:
+    """A tiny Mistral with a sentencepiece BPE tokenizer (byte fallback), like Mistral 7B's."""
+    import io
+
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from tests.tiny import _CORPUS
+
+    folder = root / "base-mistral"
+    folder.mkdir(parents=True)
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 20), model_writer=buffer, vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(buffer.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = MISTRAL_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, sliding_window=None)
+    MistralForCausalLM(config).save_pretrained(folder)
+    return folder

@@ -140,6 +140,24 @@ def test_llama3_rope_scaling_round_trips(tmp_path):
     assert "rope_freqs.weight" in _tensor_types(result.path)
 
 
+def test_mistral_with_a_sentencepiece_vocabulary(tmp_path):
+    """Mistral maps to llama.cpp's llama architecture with an SPM ("llama") vocabulary."""
+    import gguf
+
+    from backpropagate_core.export import export_model
+    from tests.export_fixtures import tiny_mistral_spm
+
+    pytest.importorskip("sentencepiece")
+    adapter = make_adapter(tiny_mistral_spm(tmp_path), tmp_path / "adapter")
+    result = export_model(adapter, format="gguf", quantization="q8_0", output_dir=tmp_path / "out")
+    v = result.verification
+    assert v["passed"] and v["tokenization_match"] and v["top1_agreement"] > 0.9
+    reader = gguf.GGUFReader(result.path)
+    model_field = reader.fields["tokenizer.ggml.model"]
+    assert bytes(model_field.parts[model_field.data[0]]).decode() == "llama"
+    assert "tokenizer.ggml.scores" in reader.fields
+
+
 def test_unsupported_architecture_is_refused_before_writing(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -206,11 +224,12 @@ def test_smollm2_135m_round_trip(tmp_path):
         started = time.time()
         result = export_model(adapter, format="gguf", quantization=quant, output_dir=tmp_path / "out")
         v = result.verification
-        figures[quant] = {"seconds": round(time.time() - started, 1), "mb": round(result.size_bytes / 1e6, 1),
+        figures[quant] = {"seconds": round(time.time() - started, 1), "stages": result.stage_seconds,
+                          "mb": round(result.size_bytes / 1e6, 1),
                           **{k: v[k] for k in ("max_logit_diff", "bound", "top1_agreement",
                                                "kl_divergence", "greedy_match")}}
         assert v["passed"] and v["tokenization_match"]
-    print("\nsmollm2-135m export figures:", json.dumps(figures, indent=1))
+    print("\nsmollm2-135m export figures:", json.dumps(figures))
     assert figures["f16"]["greedy_match"]
 
 

@@ -4,6 +4,7 @@ import contextvars
 import io
 import json
 import logging
+import sys
 import threading
 
 import pytest
@@ -126,6 +127,21 @@ def test_run_log_keeps_debug_and_only_its_own_run(monkeypatch, tmp_path):
         text = (tmp_path / rid / logs.RUN_LOG).read_text()
         assert f"run_id={rid} detail of {rid}" in text
         assert text.count("detail of") == 1
+
+
+def test_library_warnings_land_in_run_log(tmp_path):
+    logs.setup_logging(stream=io.StringIO())
+    with logs.bind_run("run-lib", tmp_path / logs.RUN_LOG):
+        logging.getLogger("transformers.trainer").warning("token=abc123456 looks odd")
+    logging.getLogger("transformers.trainer").warning("after the run")
+    text = (tmp_path / logs.RUN_LOG).read_text()
+    assert "WARNING run_id=run-lib token=*** looks odd" in text and "after the run" not in text
+
+
+def test_notebooks_get_readable_lines(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    assert logs.wants_json("auto", io.StringIO()) is False
+    assert logs.wants_json(True, io.StringIO()) is True
 
 
 def test_threads_without_the_context_still_carry_the_run_id():

@@ -206,7 +206,8 @@ def problems_card() -> rx.Component:
         rx.cond(
             S.problem_count > 0,
             rx.vstack(
-              rx.text(S.problem_count, " lines skipped or rejected", size="2", data_testid="problem-count"),
+              rx.text(S.problem_count, rx.cond(S.problem_count == 1, " line", " lines"), " skipped or rejected",
+                      size="2", data_testid="problem-count"),
               rx.scroll_area(
                 rx.table.root(
                     rx.table.header(rx.table.row(rx.table.column_header_cell("Line"),

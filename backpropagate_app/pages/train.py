@@ -9,7 +9,7 @@ import reflex as rx
 from backpropagate_app import components as ui
 from backpropagate_app import engine
 from backpropagate_app.display import (FORM_FIELDS, EMPTY_RUN_VIEW, default_captions,
-                                       error_view, form_overrides, merge_plan, plan_form,
+                                       error_view, field_captions, form_overrides, merge_plan, plan_form,
                                        unexpected_error)
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
@@ -64,6 +64,10 @@ class TrainState(RunView, rx.State):
             self.form = {key: "" for key, _label, _type in FORM_FIELDS}
         self.run_id = run_to_show(self.run_id)
         return [TrainState.follow, TrainState.refresh_plan]
+
+    @rx.var
+    def field_notes(self) -> dict[str, str]:
+        return field_captions(self.form, self.planned, self.captions)
 
     @rx.event(background=True)
     async def follow(self):
@@ -213,7 +217,7 @@ def field(key: str, label: str) -> rx.Component:
         rx.text(label, size="2", weight="bold"),
         rx.input(value=S.form[key], placeholder="auto", on_change=lambda v: S.set_field(key, v),
                  disabled=S.active, width="100%", data_testid=f"field-{key}"),
-        rx.text(S.captions[key], size="1", color_scheme="gray", data_testid=f"reason-{key}"),
+        rx.text(S.field_notes[key], size="1", color_scheme="gray", data_testid=f"reason-{key}"),
         spacing="1", width="100%",
     )
 

@@ -91,14 +91,17 @@ def open_gguf(path: Path, n_ctx: int = 512, logits_all: bool = True):
 
 def gguf_greedy(llama: Any, ids: Sequence[int], max_new_tokens: int,
                 stop: set[int] = frozenset()) -> list[int]:
-    """Greedy continuation with llama.cpp (needs a model opened with logits_all)."""
+    """Greedy continuation with llama.cpp, from the logits of each last evaluated token."""
     import numpy as np
+
+    import llama_cpp
 
     llama.reset()
     llama.eval(list(ids))
     out_ids: list[int] = []
     for _ in range(max_new_tokens):
-        tok = int(np.argmax(llama.scores[llama.n_tokens - 1]))
+        last = llama_cpp.llama_get_logits_ith(llama.ctx, -1)
+        tok = int(np.argmax(np.ctypeslib.as_array(last, shape=(llama.n_vocab(),))))
         out_ids.append(tok)
         if tok in stop or llama.n_tokens >= llama.n_ctx():
             break
@@ -117,7 +120,9 @@ class ChatSession:
         self.tokenizer = load_tokenizer(self.source)
         self.model = load_trained(self.source, merge=False)
         self.gguf_path = Path(gguf) if gguf else latest_gguf(self.source)
-        self.llama = open_gguf(self.gguf_path, n_ctx=2048) if self.gguf_path else None
+        # Chat needs only each last token's logits; keeping all of them would cost
+        # n_ctx x vocabulary floats (1.2 GB for Qwen's vocabulary at 2048 tokens).
+        self.llama = open_gguf(self.gguf_path, n_ctx=2048, logits_all=False) if self.gguf_path else None
         self.max_new_tokens = max_new_tokens
         self.stop = stop_ids(self.tokenizer)
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from backpropagate_core import events as ev
 from backpropagate_core.errors import BackpropError
@@ -55,6 +55,8 @@ class ExportResult:
     run_id: str | None = None
     ollama: dict = field(default_factory=dict)
     """TEMPLATE, SYSTEM and stop tokens for Ollama (GGUF only)."""
+    stage_seconds: dict = field(default_factory=dict)
+    """Where the time went: load, reference, merge, write, quantize, verify."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,7 +75,8 @@ def export_model(source: str | Path, format: str = "gguf", quantization: str | N
     started = time.time()
     fmt, quant = _check_options(format, quantization)
     src = src_mod.resolve_source(source)
-    emit = _emitter(src.run_id or "", on_progress)
+    emit = _Stages(src.run_id or "", on_progress)
+    emit("load", 0, 1, "resolving the base model")
     if fmt == "gguf":
         _check_gguf_supported(src)
     if fmt == "merged" and quant is None:
@@ -87,7 +90,8 @@ def export_model(source: str | Path, format: str = "gguf", quantization: str | N
         built = _build(src, fmt, quant, partial, verify, emit)
         manifest = {"format": fmt, "quantization": quant, "source": str(src.path),
                     "base_model": src.base, "run_id": src.run_id, "created_at": time.time(),
-                    "seconds": round(time.time() - started, 2), **built}
+                    "seconds": round(time.time() - started, 2), "stage_seconds": emit.close(),
+                    **built}
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         _replace(partial, dest)
     except OSError as err:
@@ -96,7 +100,8 @@ def export_model(source: str | Path, format: str = "gguf", quantization: str | N
         shutil.rmtree(partial, ignore_errors=True)
     path = dest / built["file"] if built.get("file") else dest
     result = ExportResult(path, fmt, quant, _size(path), built["verification"],
-                          round(time.time() - started, 2), dest, src.run_id, built.get("ollama", {}))
+                          round(time.time() - started, 2), dest, src.run_id, built.get("ollama", {}),
+                          emit.seconds)
     _record(src, result)
     emit("done", 1, 1, f"{path} ({result.size_bytes / 1e6:.1f} MB)")
     return result
@@ -130,11 +135,28 @@ def _check_gguf_supported(src: src_mod.Source) -> None:
     gguf_arch(AutoConfig.from_pretrained(where).to_dict())
 
 
-def _emitter(run_id: str, on_progress):
-    def emit(stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
-        if on_progress is not None:
-            on_progress(ExportProgress(run_id, stage=stage, done=done, total=total, message=message))
-    return emit
+class _Stages:
+    """Forwards progress as ExportProgress events and times each stage."""
+
+    def __init__(self, run_id: str, sink: Callable[[ev.Event], None] | None) -> None:
+        self.run_id, self.sink = run_id, sink
+        self.seconds: dict[str, float] = {}
+        self._stage: str | None = None
+        self._since = time.time()
+
+    def __call__(self, stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+        if self.sink is not None:
+            self.sink(ExportProgress(self.run_id, stage=stage, done=done, total=total, message=message))
+
+    def close(self) -> dict[str, float]:
+        now = time.time()
+        if self._stage is not None:
+            self.seconds[self._stage] = round(self.seconds.get(self._stage, 0.0) + now - self._since, 2)
+        self._stage, self._since = None, now
+        return self.seconds
 
 
 def _build(src, fmt: str, quant: str | None, folder: Path, verify: bool, emit) -> dict:
@@ -167,7 +189,8 @@ def _build(src, fmt: str, quant: str | None, folder: Path, verify: bool, emit) -
         result = verify_mod.verify_merged(folder, ref, quant)
     else:
         emit("verify", 0, 1, "loading the GGUF in llama.cpp and comparing")
-        result = verify_mod.verify_gguf(folder / built["file"], ref, tokenizer, quant)
+        result = verify_mod.verify_gguf(folder / built["file"], ref, tokenizer, quant,
+                                        chat_must_match=built["tokenizer_model"] == "gpt2")
     built["verification"] = verify_mod.check(result, f"{fmt} {quant}")
     return built
 
@@ -192,12 +215,15 @@ def _write_gguf(src, model, tokenizer, quant: str, folder: Path, emit) -> dict:
     del state
     if not direct:
         emit("quantize", 0, 1, f"quantizing to {quant} with llama.cpp")
-        quantize_gguf(first, folder / filename, quant)
+        notes = quantize_gguf(first, folder / filename, quant)
         first.unlink()
+    else:
+        notes = {}
     template = ollama.template_from_tokenizer(tokenizer)
     (folder / "Modelfile").write_text(ollama.modelfile(filename, template))
     return {"file": filename, "architecture": config["architectures"][0],
-            "tokenizer_pre": vocab.pre, "ollama": template.to_dict(), "verification": {}}
+            "tokenizer_model": vocab.model, "tokenizer_pre": vocab.pre, "quantize": notes, "ollama": template.to_dict(),
+            "verification": {}}
 
 
 def _intermediate(config: dict) -> str:

@@ -75,7 +75,7 @@ def write_gguf(path: Path, config: Mapping[str, Any], tensors: Mapping[str, Any]
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for i, (_, make, shape, kind) in enumerate(plan):
+    for i, (_, make, _shape, kind) in enumerate(plan):
         writer.write_tensor_data(_convert(make(), kind, out_type))
         if on_tensor:
             on_tensor(i + 1, len(plan))

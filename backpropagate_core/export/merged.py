@@ -112,6 +112,7 @@ def load_tokenizer(src: Source):
     from transformers import AutoTokenizer
 
     from backpropagate_core import model as model_mod
+    from backpropagate_core.chat_templates import ensure_chat_template
 
     if src.kind == "merged" or any((src.path / f).is_file() for f in _TOKENIZER_FILES):
         tokenizer = AutoTokenizer.from_pretrained(src.path)
@@ -119,6 +120,8 @@ def load_tokenizer(src: Source):
         tokenizer = model_mod.load_tokenizer(src.base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Training installs this same fallback when a model has no template of its own.
+    ensure_chat_template(tokenizer)
     return tokenizer
 
 

@@ -69,10 +69,10 @@ def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None =
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTIZATIONS[key][0]
     params.nthread = threads or cpu_threads()
-    with _captured_stderr() as log:
+    with _captured_stderr() as captured:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
                                            ctypes.byref(params))
-    text = log.read_text(errors="replace") if log.exists() else ""
+    text = "".join(captured)
     if rc != 0 or not Path(dst).is_file():
         tail = " | ".join(text.strip().splitlines()[-3:])
         raise BackpropError("EXPORT_FAILED", f"llama.cpp quantization to {key} failed (code {rc}): {tail}")
@@ -83,19 +83,23 @@ def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None =
 
 @contextlib.contextmanager
 def _captured_stderr():
-    """llama.cpp writes its per-tensor report to the C-level stderr; keep it out of the terminal."""
+    """llama.cpp writes a per-tensor report to the C-level stderr; keep it off the terminal.
+
+    Yields a list that holds the captured text once the block ends.
+    """
     import os
     import sys
     import tempfile
 
+    captured: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "quantize.log"
-        with open(path, "wb") as fh:
-            os.dup2(fh.fileno(), 2)
-            try:
-                yield path
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
+    with tempfile.TemporaryFile() as fh:
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            fh.seek(0)
+            captured.append(fh.read().decode("utf-8", "replace"))

@@ -32,7 +32,9 @@ PROMPTS = [
 SAMPLE_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Numbers: 3.14159, 2026, 1000000 and 42nd.",
-    "  leading spaces, tabs\tand\nnew lines\n\n  ",
+    # Whitespace runs inside and at the end; not at the very start, where HF's sentencepiece
+    # conversions drop a space that sentencepiece itself (and llama.cpp) keeps.
+    "double  spaces, tabs\tand\nnew lines\n\n  indented\n  ",
     "Punctuation!? (brackets) [x] {y} \"quotes\" 'single' -- dash; colon: end.",
     "Unicode: café, naïve, Ζεύς, 東京, emoji 🙂.",
     "don't, won't, I'm, you're, they've, we'll, he'd",
@@ -76,7 +78,7 @@ def logit_scale(ref: Reference) -> float:
     """Standard deviation of the reference logits (over vocabulary and positions)."""
     import numpy as np
 
-    return float(np.mean([l.std() for l in ref.logits]))
+    return float(np.mean([logits.std() for logits in ref.logits]))
 
 
 def bound_for(fmt: str, ref: Reference) -> float:
@@ -109,7 +111,8 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def verify_gguf(path: Path, ref: Reference, tokenizer: Any, fmt: str) -> dict:
+def verify_gguf(path: Path, ref: Reference, tokenizer: Any, fmt: str,
+                chat_must_match: bool = True) -> dict:
     """Load the file in llama.cpp; compare tokenization and logits with the reference."""
     from backpropagate_core.export.chat import gguf_greedy, open_gguf
 
@@ -122,7 +125,7 @@ def verify_gguf(path: Path, ref: Reference, tokenizer: Any, fmt: str) -> dict:
             return llama.scores[: len(seq)].copy()
 
         result = _compare(ref, logits_of, fmt)
-        result.update(_tokenization(llama, tokenizer, ref))
+        result.update(_tokenization(llama, tokenizer, ref, chat_must_match))
         if ref.greedy:
             result["greedy_match"] = gguf_greedy(llama, ref.prompt_ids[0], len(ref.greedy)) == ref.greedy
     finally:
@@ -130,18 +133,24 @@ def verify_gguf(path: Path, ref: Reference, tokenizer: Any, fmt: str) -> dict:
     return result
 
 
-def _tokenization(llama: Any, tokenizer: Any, ref: Reference) -> dict:
-    """Do llama.cpp and the HF tokenizer produce the same ids? Plain texts and chat prompts."""
-    mismatches = []
-    cases = [(text, True) for text in SAMPLE_TEXTS]
-    cases += [(text, False) for text in ref.prompt_texts]
-    for text, plain in cases:
+def _tokenization(llama: Any, tokenizer: Any, ref: Reference, chat_must_match: bool) -> dict:
+    """Do llama.cpp and the HF tokenizer produce the same ids? Plain texts and chat prompts.
+
+    Sentencepiece vocabularies differ by design right after a special token: llama.cpp
+    prefixes a space there, HF's converted tokenizers do not. For them the chat prompts
+    are reported (`chat_tokenization_match`) but only plain text decides.
+    """
+    def differs(text: str, plain: bool):
         hf = list(tokenizer(text, add_special_tokens=plain)["input_ids"])
         cpp = llama.tokenize(text.encode("utf-8"), add_bos=plain, special=not plain)
-        if hf != cpp:
-            mismatches.append({"text": text[:80], "hf": hf[:24], "llama_cpp": cpp[:24]})
-    return {"tokenization_match": not mismatches, "tokenization_cases": len(cases),
-            "tokenization_mismatches": mismatches[:3]}
+        return None if hf == cpp else {"text": text[:80], "hf": hf[:24], "llama_cpp": cpp[:24]}
+
+    plain = [m for m in (differs(t, True) for t in SAMPLE_TEXTS) if m]
+    chat = [m for m in (differs(t, False) for t in ref.prompt_texts) if m]
+    mismatches = plain + chat if chat_must_match else plain
+    return {"tokenization_match": not mismatches, "chat_tokenization_match": not chat,
+            "tokenization_cases": len(SAMPLE_TEXTS) + len(ref.prompt_texts),
+            "tokenization_mismatches": (plain + chat)[:3]}
 
 
 def verify_merged(path: Path, ref: Reference, fmt: str) -> dict:
@@ -167,7 +176,7 @@ def check(result: dict, what: str) -> dict:
         problems.append(f"the most likely next token agrees at only {result['top1_agreement']:.0%} "
                         f"of positions (at least {result['min_top1_agreement']:.0%} expected)")
     if result.get("tokenization_match") is False:
-        first = result["tokenization_mismatches"][0]
+        first = next(m for m in result["tokenization_mismatches"])
         problems.append(f"llama.cpp tokenizes {first['text']!r} as {first['llama_cpp']} "
                         f"but the trained tokenizer gives {first['hf']}")
     result["passed"] = not problems

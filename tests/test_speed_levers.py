@@ -1,0 +1,112 @@
+"""Speed levers change how fast a step runs, never what it computes."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from backpropagate_core import speed  # noqa: E402
+from backpropagate_core.hf_trainer import Collator  # noqa: E402
+
+
+def _model(path, attn="sdpa"):
+    from transformers import AutoModelForCausalLM
+
+    from backpropagate_core.model import add_lora
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+    model = add_lora(base, 8, 16, 0.0)
+    # LoRA B starts at zero; give it weights so the adapter takes part in the comparison.
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
+
+
+def _rows(lengths, seed=0, vocab=500):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in lengths:
+        ids = torch.randint(5, vocab, (n,), generator=g).tolist()
+        # Prompt tokens unlabelled, reply labelled, like chat SFT data.
+        labels = [-100] * (n // 2) + ids[n // 2:]
+        rows.append({"input_ids": ids, "labels": labels, "n_tokens": n})
+    return rows
+
+
+def _padded_loss(model, rows, pad_id):
+    batch = Collator(pad_id, pack=False)(rows)
+    with torch.no_grad():
+        return model(**batch).loss
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_batch_loss_equals_padded_batch_loss(tiny_llama, attn):
+    model = _model(tiny_llama, attn)
+    rows = _rows([7, 19, 3, 12])
+    padded = _padded_loss(model, rows, pad_id=0)
+    packed_batch = Collator(0, pack=True)(rows)
+    assert packed_batch["input_ids"].shape == (1, 41)
+    with torch.no_grad():
+        packed = model(**packed_batch).loss
+    assert torch.allclose(packed, padded, atol=1e-5), (packed, padded)
+
+
+def test_packed_examples_do_not_see_each_other(tiny_qwen2):
+    """Per-token logits of the second example are the same alone and packed after another."""
+    model = _model(tiny_qwen2)
+    first, second = _rows([9, 6], seed=1)
+    alone = Collator(0, pack=True)([second])
+    both = Collator(0, pack=True)([first, second])
+    with torch.no_grad():
+        logits_alone = model(**alone).logits[0]
+        logits_packed = model(**both).logits[0, 9:]
+    assert torch.allclose(logits_alone, logits_packed, atol=1e-5)
+
+
+def test_packing_needs_the_cache_off():
+    """With a KV cache transformers skips the packed-sequence mask; the collator turns it off."""
+    batch = Collator(0, pack=True)(_rows([4, 5]))
+    assert batch["use_cache"] is False
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4]]
+    assert batch["labels"][0, 4].item() == -100  # no target across the boundary
+
+
+def test_labelled_loss_equals_model_loss_and_its_gradients(tiny_llama):
+    model = _model(tiny_llama).train()
+    rows = _rows([11, 5, 8], seed=2)
+    assert speed.plain_lm_head(model)
+    batch = Collator(0, pack=True, label_index=True)(rows)
+    reference = model(**{k: v for k, v in batch.items() if k != speed.LABEL_INDEX}).loss
+    reference.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    ours = speed.labelled_loss(model, dict(batch))
+    ours.backward()
+    assert torch.allclose(ours, reference, atol=1e-6)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, ref_grads[name], atol=1e-6), name
+
+
+def test_labelled_loss_divides_by_tokens_of_the_whole_accumulated_batch(tiny_llama):
+    model = _model(tiny_llama)
+    rows = _rows([10, 10], seed=3)
+    batch = Collator(0, pack=True, label_index=True)(rows)
+    n = int(batch[speed.LABEL_INDEX].numel())
+    with torch.no_grad():
+        mean = speed.labelled_loss(model, dict(batch))
+        scaled = speed.labelled_loss(model, dict(batch), num_items_in_batch=torch.tensor(4 * n))
+    assert torch.allclose(scaled * 4, mean, atol=1e-6)
+
+
+def test_heads_with_scaling_are_not_replaced(tiny_llama):
+    model = _model(tiny_llama)
+    speed.causal_lm(model).config.final_logit_softcapping = 30.0
+    assert not speed.plain_lm_head(model)
+
+
+def test_collator_counts_only_real_tokens():
+    rows = _rows([3, 8])
+    assert Collator(0, pack=False).count(Collator(0, pack=False)(rows)) == 11
+    assert Collator(0, pack=True).count(Collator(0, pack=True)(rows)) == 11
