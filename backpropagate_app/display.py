@@ -165,9 +165,9 @@ def log_line(event: dict) -> dict | None:
 
 def _step_text(e: dict) -> str | None:
     step, total = e.get("step", 0), e.get("total") or 0
-    every = max(1, total // 20)
+    every = max(1, min(total // 20, 10))
     if step != 1 and step % every and step != total:
-        return None  # the chart shows every step; the log keeps about twenty
+        return None  # the chart shows every step; the log samples them
     return f"step {step}/{total} · loss {fmt_loss(e.get('loss'))} · {fmt_rate(e.get('tokens_per_s'))}"
 
 

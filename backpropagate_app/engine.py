@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backpropagate_app import gate
+from backpropagate_app import limits
 from backpropagate_core import presets, sandbox, worker
 from backpropagate_core.config import Settings, load_settings
 from backpropagate_core.errors import BackpropError
@@ -123,7 +123,7 @@ def plan(model: str, data: str, overrides: dict | None = None) -> dict:
 
 def start_run(model: str, data: str, name: str | None, overrides: dict) -> str:
     data = workspace_path(data)
-    gate.allow("start")  # each run is a process training on this machine
+    limits.allow("start")  # each run is a process training on this machine
     return worker.start_run(model, data, name=name or None, overrides=overrides, home=settings().home)
 
 

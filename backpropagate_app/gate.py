@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import hashlib
 import hmac
 import json
@@ -26,9 +25,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import jwt
 
+from backpropagate_app.limits import RateLimiter
 from backpropagate_app.login import login_page
 from backpropagate_core.credentials import GATE_FILE_ENV, read_gate_file, verify_password
-from backpropagate_core.errors import BackpropError
 
 COOKIE = "bp_session"
 AUDIENCE = "backpropagate-ui"
@@ -102,49 +101,6 @@ class GateConfig:
         return config
 
 
-class RateLimiter:
-    """At most `limit` hits per key in any `window` seconds (sliding window)."""
-
-    def __init__(self, limit: int, window: float = 60.0) -> None:
-        self.limit, self.window = limit, window
-        self._hits: dict[str, collections.deque[float]] = {}
-
-    def retry_after(self, key: str) -> int:
-        """Seconds until one more hit is allowed; 0 when it is allowed now."""
-        hits = self._hits.get(key)
-        if not hits:
-            return 0
-        now = time.monotonic()
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        if len(hits) < self.limit:
-            return 0
-        return max(1, int(hits[0] + self.window - now + 0.999))
-
-    def record(self, key: str) -> None:
-        if len(self._hits) > 10_000:  # forget idle clients so memory stays bounded
-            self._hits = {k: v for k, v in self._hits.items() if v and v[-1] > time.monotonic() - self.window}
-        self._hits.setdefault(key, collections.deque()).append(time.monotonic())
-
-    def hit(self, key: str) -> int:
-        """Record a hit if allowed; returns 0, or the seconds to wait when not."""
-        wait = self.retry_after(key)
-        if not wait:
-            self.record(key)
-        return wait
-
-
-_action_limits = {"start": RateLimiter(6), "upload": RateLimiter(20)}
-
-
-def allow(action: str, key: str = "*") -> None:
-    """For the UI's handlers: raise UI_RATE_LIMITED when `action` ("start", "upload") ran
-    too often in the last minute (6 run starts, 20 uploads)."""
-    wait = _action_limits[action].hit(key)
-    if wait:
-        raise BackpropError("UI_RATE_LIMITED", f"too many {action} requests; try again in {wait} s")
-
-
 @dataclass
 class Session:
     via: str
@@ -215,7 +171,7 @@ class Gate:
         req = Request(scope, self.config.trust_proxy)
         problem = self._host_origin_problem(req)
         if problem:
-            return await self._refuse(req, receive, send, 403 if "origin" in problem else 400, problem)
+            return await self._refuse(req, receive, send, *problem)
         if not req.websocket and req.path in ("/login", "/logout"):
             return await self._own_route(req, receive, send)
         session, wait = self._authenticate(req)
@@ -239,13 +195,14 @@ class Gate:
                 hosts.add(f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
         return hosts
 
-    def _host_origin_problem(self, req: Request) -> str | None:
+    def _host_origin_problem(self, req: Request) -> tuple[int, str] | None:
+        """(status, reason) when the Host is not this server or the Origin is foreign."""
         allowed = self._allowed_hosts(req.scope)
         if req.host not in allowed:
-            return f"unknown Host {req.host!r}"
+            return 400, f"unknown Host {req.host!r}"
         origin = req.header("origin")
         if origin is None:
-            return "duplicate Origin" if req.headers.get("origin") else None
+            return (403, "duplicate Origin") if req.headers.get("origin") else None
         if origin == "null" and req.header("sec-fetch-site") == "same-origin":
             # With Referrer-Policy: no-referrer, browsers send `Origin: null` on their own
             # same-origin form posts and fetches; Sec-Fetch-Site (which pages cannot set) vouches.
@@ -256,7 +213,7 @@ class Gate:
         if default and netloc.endswith(default):
             netloc = netloc[: -len(default)]
         if parts.scheme not in ("http", "https") or netloc not in allowed:
-            return f"foreign origin {origin!r}"
+            return 403, f"foreign origin {origin!r}"
         return None
 
     # ---- authentication ----------------------------------------------------------------

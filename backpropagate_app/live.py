@@ -181,8 +181,9 @@ def outcome(S: type[RunView]) -> rx.Component:
         ),
         rx.cond(S.status == "cancelled",
                 rx.callout.root(rx.callout.icon(rx.icon("circle-stop")),
-                                rx.callout.text("Stopped at step ", S.step,
-                                                ". A checkpoint was kept; Resume continues from it."),
+                                rx.callout.text("Stopped at step ", S.step, ". A checkpoint was kept: ",
+                                                rx.link("resume it from the run's page", href="/runs/" + S.run_id),
+                                                "."),
                                 color_scheme="orange", width="100%", data_testid="run-cancelled")),
     )
 

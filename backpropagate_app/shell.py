@@ -19,6 +19,7 @@ NAV = [
     ("Export", "/export", "package"),
     ("Runs", "/runs", "list"),
 ]
+HEADER_POLL_S = 0.5
 REAP_EVERY_S = 5.0
 """How often the header checks for workers that died without reporting."""
 
@@ -59,7 +60,7 @@ class ShellState(rx.State):
 
     @rx.event(background=True)
     async def watch(self):
-        """Poll the store once a second; the page's load chain cancels it on navigation."""
+        """Poll the store; the page's load chain cancels this task on navigation or disconnect."""
         shown: dict | None = None
         reaped = 0.0
         while True:
@@ -74,7 +75,7 @@ class ShellState(rx.State):
                 async with self:
                     self.run_id, self.run_label, self.run_status = info["id"], info["label"], info["status"]
                 shown = info
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(HEADER_POLL_S)
 
 
 def header() -> rx.Component:
@@ -103,13 +104,13 @@ def header() -> rx.Component:
 
 
 def sign_out() -> list[rx.Component]:
-    """A sign-out link when the server was started with a login (a plain link: the gate,
-    not the app's router, answers /logout)."""
+    """A sign-out link when the server was started with a login. The gate, not the app's
+    router, answers /logout, so the link reloads the document instead of routing inside."""
     if not gate.login_enabled():
         return []
     return [rx.el.a(rx.hstack(rx.icon("log-out", size=14), rx.text("Sign out", size="2"), align="center",
                               spacing="1"),
-                    href="/logout", data_testid="sign-out", style={"color": rx.color("gray", 11),
+                    href="/logout", reload_document=True, data_testid="sign-out", style={"color": rx.color("gray", 11),
                                                                     "margin_left": "1.25em"})]
 
 

@@ -82,7 +82,8 @@ class UISettings(BaseModel):
 class SecuritySettings(BaseModel):
     require_auth_for_share: bool = Field(True, description="Refuse --share without --auth.")
     jwt_secret: str | None = Field(
-        None, repr=False, description="Key that signs UI session cookies; None makes a random one per `backprop ui` start.")
+        None, repr=False, min_length=32,
+        description="Key that signs UI session cookies (32+ characters); None makes a random one per `backprop ui` start.")
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a UI login lasts.")
     allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -141,7 +142,9 @@ def describe_validation(err: ValidationError) -> str:
     for problem in err.errors():
         where = ".".join(str(p) for p in problem["loc"]) or "value"
         env = "BACKPROPAGATE_" + "__".join(str(p).upper() for p in problem["loc"])
-        lines.append(f"{where} ({env}): {problem['msg']} (got {problem.get('input')!r})")
+        # Secret values are never echoed back, not even invalid ones.
+        got = "***" if any(w in where.lower() for w in ("secret", "password", "token")) else repr(problem.get("input"))
+        lines.append(f"{where} ({env}): {problem['msg']} (got {got})")
     return "; ".join(lines)
 
 

@@ -127,7 +127,7 @@ CATALOG: dict[str, ErrorSpec] = dict(
         _spec("DEP_MISSING", "An optional package needed for this feature is not installed.",
               "Install the extra named in the message, e.g. pip install 'backpropagate[export]'."),
         _spec("DEP_OLLAMA_REGISTRATION_FAILED", "Registering the model with Ollama failed.",
-              "Make sure Ollama is running (`ollama serve`) and reachable at the host given (--ollama-host or BACKPROPAGATE_OLLAMA_HOST), then retry.",
+              "Make sure Ollama is running (`ollama serve`) and reachable at the host given (--ollama-host or BACKPROPAGATE_OLLAMA_HOST), then retry; `backprop ollama-register FILE.gguf --name NAME` registers an existing export.",
               retryable=True),
         _spec("DEP_HUB_PUSH_FAILED", "Uploading to the Hugging Face Hub failed.",
               "Check your token (`hf auth login` or HF_TOKEN) and network, then retry.",

@@ -1,20 +1,121 @@
 """Memory needed to LoRA-train a model, and the largest batch that fits.
 
-Weights by dtype (or 4-bit), LoRA parameters with their fp32 AdamW state and gradients,
-and activations per token. The activation constant is per layer and hidden unit and was
-chosen to over- rather than under-estimate; the result is checked against measured
-peaks in tests and `bench/`.
+The estimate adds up what a training step holds at its peak:
+
+- weights: every parameter in the load dtype; 4-bit keeps the decoder linears at ~4.5
+  bits (NF4 plus double-quantized scales) and embeddings / LM head in bf16;
+- LoRA: the adapter weights, their gradients and two AdamW moments, all fp32 (16 bytes);
+- activations saved for the backward pass, per token and layer, from the tensors a
+  llama-style block keeps (two RMSNorms in fp32, the projection inputs LoRA needs, q/k/v
+  and the attention output, the four MLP intermediates); with gradient checkpointing
+  only each layer's input is kept, plus one layer's worth during recomputation;
+- logits: labelled tokens x vocabulary x the logits, their fp32 copy, the log-softmax
+  and its gradient (16 bytes per element);
+- overhead: the CUDA context and allocator slack, or on a CPU the Python process with
+  torch and transformers loaded.
+
+The constants were checked against peak RSS of real CPU runs and are meant to
+over- rather than under-estimate (`bench/memory.py` prints estimate against measurement;
+`docs/performance.md` has the table).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit": 0.56}
-# Saved activations per token per layer, in units of hidden size, for a llama-style block
-# (attention + MLP, bf16). Gradient checkpointing keeps only the layer inputs.
-_ACT_PER_LAYER = 34.0
-_ACT_PER_LAYER_CKPT = 2.0
+BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit": 0.5625}
+GB = 2**30
+CUDA_OVERHEAD_GB = 0.75
+"""CUDA context, cuBLAS workspaces and allocator fragmentation."""
+CPU_OVERHEAD_GB = 0.9
+"""A Python process with torch, transformers and peft imported, before any model."""
+LOGIT_BYTES = 16.0
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool = True
+    head_dim: int | None = None
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def layer_linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each projection of one decoder layer."""
+        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.hd, self.kv_heads * self.hd
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def matmul_params(self) -> int:
+        """Parameters that take part in a matmul per token: decoder linears + LM head."""
+        per_layer = sum(a * b for a, b in self.layer_linears.values())
+        return self.layers * per_layer + self.vocab * self.hidden
+
+    @property
+    def params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return self.layers * (sum(a * b for a, b in self.layer_linears.values()) + 2 * self.hidden) \
+            + embeddings + self.hidden
+
+    def lora_params(self, r: int, targets: list[str] | None = None) -> int:
+        chosen = {k: v for k, v in self.layer_linears.items() if targets is None or k in targets}
+        return self.layers * sum(r * (a + b) for a, b in chosen.values())
+
+
+# Published configs of the presets, so sizing works before any weights are downloaded.
+SHAPES = {
+    "smollm2-135m": ModelShape(30, 576, 1536, 9, 3, 49152, True),
+    "qwen2.5-0.5b": ModelShape(24, 896, 4864, 14, 2, 151936, True),
+    "llama-3.2-1b": ModelShape(16, 2048, 8192, 32, 8, 128256, True),
+    "llama-3.2-3b": ModelShape(28, 3072, 8192, 24, 8, 128256, True),
+    "qwen2.5-3b": ModelShape(36, 2048, 11008, 16, 2, 151936, True),
+    "qwen2.5-7b": ModelShape(28, 3584, 18944, 28, 4, 152064, False),
+    "mistral-7b": ModelShape(32, 4096, 14336, 32, 8, 32768, False),
+}
+
+
+def shape_from_config(config: dict) -> ModelShape:
+    h = config.get("hidden_size") or config.get("n_embd")
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    return ModelShape(
+        layers=config.get("num_hidden_layers") or config.get("n_layer"), hidden=h,
+        intermediate=config.get("intermediate_size") or config.get("n_inner") or 4 * h,
+        heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
+        vocab=config["vocab_size"], tied=bool(config.get("tie_word_embeddings", True)),
+        head_dim=config.get("head_dim"))
+
+
+def guess_shape(params_b: float) -> ModelShape:
+    """A plausible llama-like shape for a parameter count when no config is at hand."""
+    hidden = max(256, int(1024 * (params_b ** 0.4) * 1.6) // 64 * 64)
+    layers = max(12, min(80, int(params_b ** 0.35 * 24)))
+    heads = max(4, hidden // 128)
+    return ModelShape(layers, hidden, int(hidden * 2.7) // 64 * 64, heads, max(1, heads // 4), 128256, True)
+
+
+def shape_of(spec: str) -> ModelShape:
+    """The shape of a preset, a local model folder or a .gguf file (read without weights)."""
+    if spec.strip().lower() in SHAPES:
+        return SHAPES[spec.strip().lower()]
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return shape_from_config(json.loads((path / "config.json").read_text()))
+    from backpropagate_core.errors import BackpropError
+
+    raise BackpropError("INPUT_MODEL_NOT_FOUND",
+                        f"no shape known for {spec!r}: use a preset or a local folder with config.json",
+                        hint="`backprop presets` lists the presets; or pass --params-b for a rough guess.")
 
 
 @dataclass
@@ -23,6 +124,7 @@ class MemoryEstimate:
     lora_gb: float
     optimizer_gb: float
     activations_gb: float
+    logits_gb: float
     overhead_gb: float
     total_gb: float
 
@@ -30,43 +132,60 @@ class MemoryEstimate:
         return asdict(self)
 
 
-def _shape(params_b: float) -> tuple[int, int]:
-    """A plausible (layers, hidden) for a model size when the config is not at hand."""
-    hidden = int(1024 * (params_b ** 0.4) * 1.6) // 64 * 64 or 576
-    layers = max(12, min(80, int(params_b ** 0.35 * 24)))
-    return layers, max(hidden, 256)
+def activation_bytes_per_token(shape: ModelShape, *, act_bytes: float, fp32_norms: bool = True,
+                               gradient_checkpointing: bool = False) -> float:
+    """Bytes the backward pass keeps per token, summed over layers."""
+    h, i = shape.hidden, shape.intermediate
+    q, kv = shape.heads * shape.hd, shape.kv_heads * shape.hd
+    norms = 2 * h * (8 + act_bytes) if fp32_norms else 2 * h * 2 * act_bytes
+    # projection inputs (x, attn out), q/k/v, attention output, four MLP intermediates
+    layer = norms + act_bytes * (h + q + q + 2 * kv + q + 4 * i)
+    if gradient_checkpointing:
+        return shape.layers * 4 * h + layer
+    return shape.layers * layer
 
 
-def estimate(params_b: float, seq_len: int, batch: int, *, dtype: str = "bf16", r: int = 16,
-             gradient_checkpointing: bool = False, layers: int | None = None,
+def estimate(params_b: float | None = None, seq_len: int = 1024, batch: int = 1, *,
+             shape: ModelShape | None = None, dtype: str = "bf16", r: int = 16,
+             targets: list[str] | None = None, gradient_checkpointing: bool = False,
+             device: str = "cuda", label_fraction: float = 1.0, layers: int | None = None,
              hidden: int | None = None) -> MemoryEstimate:
-    """Peak memory in GB for LoRA training with these settings."""
-    guess_layers, guess_hidden = _shape(params_b)
-    layers = layers or guess_layers
-    hidden = hidden or guess_hidden
-    weights = params_b * 1e9 * BYTES[dtype]
-    # Seven adapted projections per layer, each with A (r x in) and B (out x r).
-    lora_params = layers * 7 * 2 * r * hidden * 2
-    lora = lora_params * 4
-    optimizer = lora_params * 4 * 3  # gradients + two AdamW moments, fp32
-    per_layer = _ACT_PER_LAYER_CKPT if gradient_checkpointing else _ACT_PER_LAYER
-    act_bytes = 2.0 if dtype != "fp32" else 4.0
-    activations = batch * seq_len * layers * hidden * per_layer * act_bytes
-    gb = 2**30
-    overhead = 0.6 * gb + 0.08 * weights  # CUDA context, allocator slack, logits buffer
-    total = weights + lora + optimizer + activations + overhead
-    return MemoryEstimate(weights / gb, lora / gb, optimizer / gb, activations / gb,
-                          overhead / gb, total / gb)
+    """Peak memory in GB for LoRA training with these settings.
+
+    `label_fraction` is the share of tokens that carry a label (the LM head only runs on
+    those); `dtype` is the weight dtype: fp32, bf16, fp16 or 4bit.
+    """
+    params = shape.params if shape is not None else (params_b or 1.0) * 1e9
+    if shape is None:
+        shape = guess_shape(params_b or 1.0)
+        if layers or hidden:
+            shape = ModelShape(layers or shape.layers, hidden or shape.hidden,
+                               int((hidden or shape.hidden) * 2.7), shape.heads, shape.kv_heads, shape.vocab)
+    if dtype == "4bit":
+        embed = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+        weights = (params - embed) * BYTES["4bit"] + embed * 2
+    else:
+        weights = params * BYTES[dtype]
+    lora_params = shape.lora_params(r, targets)
+    tokens = seq_len * batch
+    act_bytes = 4.0 if dtype == "fp32" else 2.0
+    activations = tokens * activation_bytes_per_token(
+        shape, act_bytes=act_bytes, gradient_checkpointing=gradient_checkpointing)
+    logits = tokens * max(0.0, min(1.0, label_fraction)) * shape.vocab * LOGIT_BYTES
+    overhead = (CUDA_OVERHEAD_GB if device == "cuda" else CPU_OVERHEAD_GB) * GB + 0.05 * weights
+    total = weights + lora_params * 4 + lora_params * 12 + activations + logits + overhead
+    return MemoryEstimate(weights / GB, lora_params * 4 / GB, lora_params * 12 / GB, activations / GB,
+                          logits / GB, overhead / GB, total / GB)
 
 
-def largest_batch(params_b: float, seq_len: int, free_gb: float, *, margin: float = 0.15,
-                  dtype: str = "bf16", gradient_checkpointing: bool = False,
-                  max_batch: int = 64) -> int:
+def largest_batch(params_b: float | None, seq_len: int, free_gb: float, *, margin: float = 0.15,
+                  dtype: str = "bf16", gradient_checkpointing: bool = False, max_batch: int = 64,
+                  shape: ModelShape | None = None, **kw) -> int:
     """The largest power-of-two batch whose estimate fits `free_gb` with a margin; at least 1."""
     budget = free_gb * (1 - margin)
     batch = 1
     while batch * 2 <= max_batch and estimate(
-            params_b, seq_len, batch * 2, dtype=dtype,
-            gradient_checkpointing=gradient_checkpointing).total_gb <= budget:
+            params_b, seq_len, batch * 2, shape=shape, dtype=dtype,
+            gradient_checkpointing=gradient_checkpointing, **kw).total_gb <= budget:
         batch *= 2
     return batch

@@ -167,10 +167,10 @@ class Sampler:
     """Emits a HardwareSample every `interval` seconds until stopped, and feeds the guard."""
 
     def __init__(self, run_id: str, sink: ev.Sink, interval: float = 5.0,
-                 reader: Callable[[], dict] | None = None, guard: Guard | None = None) -> None:
+                 reader: Callable[[], dict] | None = None, settings: GpuGuardSettings | None = None) -> None:
         self.run_id, self.sink, self.interval = run_id, sink, interval
         self.reader = reader or default_reader()
-        self.guard = guard or Guard(shutdown_c=getattr(self.reader, "shutdown_c", None))
+        self.guard = Guard(settings, shutdown_c=getattr(self.reader, "shutdown_c", None))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hw-sampler", daemon=True)
 

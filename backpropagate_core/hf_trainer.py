@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from backpropagate_core import distributed, platform_support
 from backpropagate_core import events as ev
-from backpropagate_core import platform_support
 from backpropagate_core.config import TrainingSettings
 from backpropagate_core.errors import BackpropError
 
@@ -170,10 +170,10 @@ def _make_callback(run_id: str, sink: ev.Sink, collator: Collator, cancel_flag: 
                     guard.wait_if_paused(should_stop=cancel_flag.exists)
                 except BackpropError as err:
                     self.overheat = err
-                    control.should_save = True
-                    control.should_training_stop = True
-            if cancel_flag.exists():
-                self.cancelled = True
+            # Under accelerate every rank must stop after the same step, or one would wait
+            # forever in the next gradient all-reduce.
+            if distributed.any_rank(cancel_flag.exists() or self.overheat is not None):
+                self.cancelled = self.overheat is None
                 control.should_save = True
                 control.should_training_stop = True
             return control
@@ -272,10 +272,12 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     doubled (the effective batch stays the same) and training continues from the step it
     had reached, at most `oom.MAX_RETRIES` times.
     """
-    from backpropagate_core import oom, speed
+    from backpropagate_core import backends, oom, speed
 
-    labelled = speed.plain_lm_head(model) and not _liger(t)
-    collator = Collator(tokenizer.pad_token_id, pack=t.packing, label_index=labelled)
+    # An Unsloth model keeps its own (patched) forward and loss, on padded batches.
+    own = getattr(model, backends.BACKEND_ATTR, None) != "unsloth"
+    labelled = own and speed.plain_lm_head(model) and not _liger(t)
+    collator = Collator(tokenizer.pad_token_id, pack=t.packing and own, label_index=labelled)
     callback = _make_callback(run_id, sink, collator, cancel_flag, output_dir, guard)
     batch, accum, resume = t.batch_size, t.grad_accum, resume_from
     for attempt in range(oom.MAX_RETRIES + 1):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -146,7 +147,9 @@ def load_model(spec: str, *, dtype=None, load_in_4bit: bool = False,
         kwargs["device_map"] = device_map
     try:
         return AutoModelForCausalLM.from_pretrained(materialize(resolved), **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, pickle.UnpicklingError) as err:
+        # UnpicklingError: .bin weights that would run code when unpickled (torch loads
+        # weights_only); such files are refused, never executed.
         raise _load_error(spec, err) from None
 
 

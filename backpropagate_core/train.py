@@ -144,7 +144,7 @@ class Trainer:
         shutil.copytree(self.result.adapter_path, target, dirs_exist_ok=True)
         return target
 
-    def export(self, format: str = "gguf", quantization: str | None = "q4_k_m", **kwargs: Any):
+    def export(self, format: str = "gguf", quantization: str | None = None, **kwargs: Any):
         """Export the trained run (adapter, merged or GGUF); see `backpropagate_core.export`."""
         from backpropagate_core.export import export_model
 
@@ -159,13 +159,18 @@ def execute_run(run_id: str, store: RunStore, *, extra_sinks: list | tuple = (),
 
     Every outcome ends in exactly one of Finished, Cancelled or Failed in the store.
     """
+    from backpropagate_core import distributed
+
     run = store.get(run_id)
     config = RunConfig.model_validate(run.config)
-    sink = ev.fan_out(store.sink(), ev.JsonlSink(run.run_dir / "events.jsonl"), logs.log_event,
-                      *extra_sinks)
-    store.claim(run.id)
-    (run.run_dir / CANCEL_FLAG).unlink(missing_ok=True)
-    with logs.bind_run(run.id, run.run_dir / logs.RUN_LOG):
+    if distributed.is_main():
+        sink = ev.fan_out(store.sink(), ev.JsonlSink(run.run_dir / "events.jsonl"), logs.log_event,
+                          *extra_sinks)
+        store.claim(run.id)
+        (run.run_dir / CANCEL_FLAG).unlink(missing_ok=True)
+    else:  # under accelerate launch only rank 0 writes to the store and the run folder
+        sink = distributed.follower_sink(run.id)
+    with distributed.log_context(logs.bind_run(run.id, run.run_dir / logs.RUN_LOG)):
         try:
             with _stop_on_signals(run.run_dir / CANCEL_FLAG):
                 return _train(config, run.id, run.run_dir, sink, resume)
@@ -235,7 +240,7 @@ def prepare(config: RunConfig, log, resolved_file: Path | None = None,
     """Load and tokenize the data, then resolve every default against data and hardware."""
     from backpropagate_core import data as data_mod
     from backpropagate_core import defaults, model as model_mod
-    from backpropagate_core import hf_trainer
+    from backpropagate_core import hf_trainer, token_cache
 
     log(f"loading dataset {config.data}")
     loaded = data_mod.load(config.data, skip_bad_lines=config.training.skip_bad_lines)
@@ -251,8 +256,8 @@ def prepare(config: RunConfig, log, resolved_file: Path | None = None,
     train_ex, val_ex = data_mod.split(loaded.examples, config.training.val_fraction, config.training.seed)
     max_cap = int(getattr(tokenizer, "model_max_length", 0) or 0)
     max_cap = max_cap if 0 < max_cap < 1_000_000 else 8192
-    train_rows = [data_mod.tokenize(e, tokenizer, max_cap) for e in train_ex]
-    val_rows = [data_mod.tokenize(e, tokenizer, max_cap) for e in val_ex]
+    train_rows = token_cache.tokenize_all(train_ex, tokenizer, max_cap)
+    val_rows = token_cache.tokenize_all(val_ex, tokenizer, max_cap)
 
     hw = defaults.detect_hardware()
     resolved = _resolve(config, resolved_file, reuse_resolved, hw, train_rows, max_cap)
@@ -275,40 +280,55 @@ def plan_run(config: RunConfig) -> dict:
 
 
 def _train(config: RunConfig, run_id: str, run_dir: Path, sink: ev.Sink, resume: bool) -> TrainResult:
-    from backpropagate_core import model as model_mod
+    from backpropagate_core import backends, distributed
     from backpropagate_core.gpu import Sampler
     from backpropagate_core import hf_trainer as trainer_hf
 
     started = time.time()
+    main = distributed.is_main()
     log = lambda msg, level="INFO": sink(ev.LogLine(run_id, message=msg, level=level))  # noqa: E731
     ckpt_root = run_dir / CHECKPOINTS_DIR
-    checkpoint = trainer_hf.prepare_checkpoints(ckpt_root) if resume else None
-    if resume:
-        _remove_partials(run_dir)
-    if resume and checkpoint is None:
-        log("no complete checkpoint found; starting from step 0", "WARNING")
-    prep = prepare(config, log, run_dir / "resolved.json", reuse_resolved=checkpoint is not None)
+    with distributed.main_first():  # rank 0 cleans up and writes resolved.json; the others read it
+        if main:
+            checkpoint = trainer_hf.prepare_checkpoints(ckpt_root) if resume else None
+            if resume:
+                _remove_partials(run_dir)
+        else:
+            done = sorted(trainer_hf.complete_checkpoints(ckpt_root), key=trainer_hf.checkpoint_step)
+            checkpoint = done[-1] if resume and done else None
+        if resume and checkpoint is None:
+            log("no complete checkpoint found; starting from step 0", "WARNING")
+        prep = prepare(config, log, run_dir / "resolved.json", reuse_resolved=checkpoint is not None or not main)
     t = prep.resolved.training
     for name, reason in prep.resolved.reasons.items():
         log(f"{name} = {getattr(t, name)} ({reason})")
 
     platform_support.configure_attention(prep.hardware.device, prep.hardware.name)
-    log(f"loading model {config.model}")
-    base = model_mod.load_model(config.model, dtype=trainer_hf.weight_dtype(t.precision, prep.hardware.device),
-                                load_in_4bit=t.load_in_4bit, trust_remote_code=t.trust_remote_code)
-    peft_model = model_mod.add_lora(base, config.lora.r, config.lora.alpha, config.lora.dropout,
-                                    config.lora.target_modules)
+    choice = backends.choose(t.backend, prep.hardware.device)
+    log(f"loading model {config.model} (backend {choice.backend}: {choice.reason})")
+    peft_model = backends.load_model(
+        config.model, choice, dtype=trainer_hf.weight_dtype(t.precision, prep.hardware.device),
+        lora=config.lora, max_seq_len=t.max_seq_len, load_in_4bit=t.load_in_4bit,
+        gradient_checkpointing=bool(t.gradient_checkpointing), trust_remote_code=t.trust_remote_code,
+        seed=t.seed)
     resumed_step = trainer_hf.checkpoint_step(checkpoint) if checkpoint else 0
     sink(ev.RunStarted(run_id, config={**config.model_dump(mode="json"),
                                        "training": t.model_dump(mode="json"),
                                        "device": prep.hardware.device},
                        reasons=prep.resolved.reasons, total_steps=t.steps, resumed_from_step=resumed_step))
 
-    with Sampler(run_id, sink, interval=5.0):
+    gpu_settings = load_settings().gpu
+    with Sampler(run_id, sink, interval=gpu_settings.interval_s, settings=gpu_settings) as sampler:
         outcome = trainer_hf.fit(peft_model, prep.tokenizer, prep.train_rows, prep.val_rows, t,
                                  run_id=run_id, output_dir=ckpt_root, sink=sink,
-                                 resume_from=checkpoint, cancel_flag=run_dir / CANCEL_FLAG)
+                                 resume_from=checkpoint, cancel_flag=run_dir / CANCEL_FLAG,
+                                 guard=sampler.guard)
     wall = time.time() - started
+    if not main:
+        sink(ev.Finished(run_id, final_loss=outcome.final_loss, steps=outcome.step,
+                         tokens_per_s=outcome.tokens_per_s, wall_s=wall))
+        return TrainResult(run_id, "completed", outcome.final_loss, outcome.step, run_dir, None,
+                           outcome.tokens_per_s, wall)
     if outcome.cancelled:
         sink(ev.Cancelled(run_id, step=outcome.step, checkpoint=outcome.last_checkpoint))
         return TrainResult(run_id, "cancelled", outcome.final_loss, outcome.step, run_dir, None,

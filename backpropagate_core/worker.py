@@ -154,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="backpropagate_core.worker")
     parser.add_argument("run_id")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--console", action="store_true",
+                        help="Also print progress here (rank 0 of `backprop train --num-processes`).")
     args = parser.parse_args(argv)
 
     # The run id comes first in the worker's output, before torch loads, so a crash in
     # imports can still be matched to its run.
-    logs.setup_logging()
+    logs.setup_logging(echo_events=not args.console)
     with logs.bind_run(args.run_id):
         logs.get_logger(__name__).info("run_started run_id=%s resume=%s pid=%s", args.run_id,
                                        args.resume, os.getpid())
@@ -166,13 +168,27 @@ def main(argv: list[str] | None = None) -> int:
             store = RunStore()
             if store.get(args.run_id).kind == "multi_run":
                 from backpropagate_core.multirun import execute_campaign as execute
-            else:
-                from backpropagate_core.train import execute_run as execute
-            execute(args.run_id, store, resume=args.resume)
+                execute(args.run_id, store, resume=args.resume)
+                return 0
+            from backpropagate_core.train import execute_run
+
+            execute_run(args.run_id, store, resume=args.resume, extra_sinks=_console_sinks(args.console))
             return 0
         except BackpropError as err:
             print(f"[{err.code}] {err.message}", file=sys.stderr)
             return err.exit_code
+
+
+def _console_sinks(wanted: bool) -> list:
+    from backpropagate_core import distributed
+
+    if not (wanted and distributed.is_main()):
+        return []
+    from rich.console import Console
+
+    from backpropagate_core.console import ConsoleSink
+
+    return [ConsoleSink(Console())]
 
 
 if __name__ == "__main__":

@@ -48,6 +48,25 @@ def test_cli_export_registers_with_ollama_and_prints_json(base, capsys):
     assert RunStore().get(run.id).summary["exports"]["gguf-q8_0"]["verification"]["passed"]
 
 
+def test_cli_ollama_register_an_existing_export(base, capsys):
+    from backpropagate_core.cli.app import main
+    from backpropagate_core.export import export_model
+
+    run = make_run(base)
+    result = export_model(run.id, format="gguf", quantization="q8_0", verify=False)
+    assert result.verification == {}
+    with OllamaContractServer() as server:
+        assert main(["ollama-register", str(result.path), "--name", "later:q8", "--host", server.url]) == 0
+    assert "ollama run later:q8" in capsys.readouterr().out
+    assert server.models["later:q8"]["files"] == {result.path.name: "sha256:" + _sha256(result.path)}
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_cli_reports_coded_errors(base, capsys):
     from backpropagate_core.cli.app import main
 

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from backpropagate_app import gate as gate_mod
+from backpropagate_app import limits
 from backpropagate_app.gate import COOKIE, Gate, GateConfig
 from backpropagate_core.credentials import hash_password
 from backpropagate_core.errors import BackpropError
@@ -286,9 +286,9 @@ def test_upload_rate_limit_per_session():
 
 def test_allow_limits_run_starts():
     for _ in range(6):
-        gate_mod.allow("start", key="test-key")
+        limits.allow("start", key="test-key")
     with pytest.raises(BackpropError) as info:
-        gate_mod.allow("start", key="test-key")
+        limits.allow("start", key="test-key")
     assert info.value.code == "UI_RATE_LIMITED"
 
 
@@ -392,8 +392,13 @@ def test_gate_config_from_gate_file(tmp_path, monkeypatch):
     config = GateConfig.from_env()
     assert config.auth and config.user == "alice" and config.trust_proxy
     assert "abc.trycloudflare.com" in config.hosts and PASSWORD not in path.read_text()
-    monkeypatch.setenv("BACKPROPAGATE_SECURITY__JWT_SECRET", "fixed-secret-for-restarts")
-    assert GateConfig.from_env().secret == "fixed-secret-for-restarts"
+    monkeypatch.setenv("BACKPROPAGATE_SECURITY__JWT_SECRET", "fixed-secret-so-logins-survive-restarts")
+    assert GateConfig.from_env().secret == "fixed-secret-so-logins-survive-restarts"
+    monkeypatch.setenv("BACKPROPAGATE_SECURITY__JWT_SECRET", "short-guessable")
+    with pytest.raises(BackpropError) as info:
+        GateConfig.from_env()
+    assert info.value.code == "CONFIG_INVALID" and "short-guessable" not in info.value.message
+    monkeypatch.setenv("BACKPROPAGATE_SECURITY__JWT_SECRET", "fixed-secret-so-logins-survive-restarts")
     path.chmod(0o644)
     with pytest.raises(BackpropError):
         GateConfig.from_env()

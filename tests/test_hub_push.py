@@ -5,6 +5,7 @@ The hub client's network calls are intercepted; nothing reaches huggingface.co.
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -60,6 +61,8 @@ def test_push_run_adapter_private_with_model_card(hub, base):
     assert "| final loss | 1.2340 |" in card and "| dataset | chat.jsonl |" in card
     assert "/somewhere/private" not in card  # local paths never reach the card
     assert "AutoPeftModelForCausalLM" in card
+    assert "backpropagate.json" not in files  # the local manifest names local paths
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "base-llama"
 
 
 def test_push_gguf_export_with_public_flag_and_verification(hub, base):

@@ -15,6 +15,8 @@ KEY_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 
 finite = st.floats(-100, 100, allow_nan=False, width=32)
 seeds = st.integers(0, 2**31 - 1)
+# Timing says nothing about correctness here, and the CPUs are shared: no deadline.
+relaxed = settings(deadline=None, max_examples=60)
 
 
 def random_adapter(seed: int, r: int = 4, n_in: int = 12, n_out: int = 10, scale: float = 1.0) -> dict:
@@ -23,6 +25,7 @@ def random_adapter(seed: int, r: int = 4, n_in: int = 12, n_out: int = 10, scale
             KEY_B: torch.randn(n_out, r, generator=gen) * scale}
 
 
+@relaxed
 @given(seed=seeds, r=st.integers(1, 8), extra=st.integers(0, 24), scale=st.floats(1e-3, 1e3))
 def test_orthonormal_init_has_orthonormal_rows_spanning_a(seed, r, extra, scale):
     a = torch.randn(r, r + extra, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
@@ -33,6 +36,7 @@ def test_orthonormal_init_has_orthonormal_rows_spanning_a(seed, r, extra, scale)
     assert torch.allclose(a @ q.T @ q, a, atol=1e-6 * scale * (r + extra))
 
 
+@relaxed
 @given(seed=seeds)
 def test_orthonormal_init_is_deterministic_and_sign_corrected(seed):
     a = torch.randn(4, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -49,6 +53,7 @@ def test_orthonormal_init_refuses_rank_above_input_size():
     assert err.value.code == "CONFIG_INVALID"
 
 
+@relaxed
 @given(kind=st.sampled_from(SCHEDULES), c=st.floats(1e-6, 1.0), i=st.integers(1, 10_000))
 def test_lambda_schedule_is_bounded_and_non_increasing(kind, c, i):
     now, later = lambda_schedule(i, kind, c), lambda_schedule(i + 1, kind, c)
@@ -65,6 +70,7 @@ def test_lambda_schedule_values():
         lambda_schedule(2, "constant", 1.5)
 
 
+@relaxed
 @given(seed=seeds, i=st.integers(1, 50), kind=st.sampled_from(SCHEDULES))
 def test_merging_an_adapter_with_itself_is_the_identity(seed, i, kind):
     adapter = random_adapter(seed)
@@ -73,6 +79,7 @@ def test_merging_an_adapter_with_itself_is_the_identity(seed, i, kind):
         assert torch.equal(merged[key], adapter[key])
 
 
+@relaxed
 @given(seed=seeds, i=st.integers(2, 50))
 def test_merge_replaces_a_and_steps_b_by_lambda(seed, i):
     old, new = random_adapter(seed), random_adapter(seed + 1)
@@ -82,6 +89,7 @@ def test_merge_replaces_a_and_steps_b_by_lambda(seed, i):
     assert torch.allclose(merged[KEY_B], old[KEY_B] + lam * (new[KEY_B] - old[KEY_B]), atol=1e-6)
 
 
+@relaxed
 @given(seed=seeds, i=st.integers(1, 1000), kind=st.sampled_from(SCHEDULES),
        scale=st.floats(1e-6, 1e6))
 def test_finite_adapters_merge_to_finite_adapters(seed, i, kind, scale):
@@ -90,6 +98,7 @@ def test_finite_adapters_merge_to_finite_adapters(seed, i, kind, scale):
         assert torch.isfinite(value).all()
 
 
+@relaxed
 @given(seed=seeds, bad=st.sampled_from([math.nan, math.inf, -math.inf]),
        which=st.sampled_from([KEY_A, KEY_B]), where=st.sampled_from(["new", "merged"]))
 def test_non_finite_input_is_refused_and_previous_merge_kept(seed, bad, which, where):

@@ -110,3 +110,47 @@ def test_collator_counts_only_real_tokens():
     rows = _rows([3, 8])
     assert Collator(0, pack=False).count(Collator(0, pack=False)(rows)) == 11
     assert Collator(0, pack=True).count(Collator(0, pack=True)(rows)) == 11
+
+
+def _examples(n=6):
+    from backpropagate_core.data import Example
+
+    return [Example([{"role": "user", "content": f"Question {i}?"},
+                     {"role": "assistant", "content": f"Answer {i}."}], i + 1) for i in range(n)]
+
+
+def test_token_cache_reuses_rows_and_misses_on_any_change(tiny_tokenizer, monkeypatch, tmp_path):
+    from backpropagate_core import token_cache
+
+    monkeypatch.setenv("BACKPROPAGATE_CACHE_DIR", str(tmp_path / "cache"))
+    examples = _examples()
+    first = token_cache.tokenize_all(examples, tiny_tokenizer, 64)
+    assert len(list((tmp_path / "cache" / "tokens").glob("*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(token_cache, "tokenize", lambda *a: calls.append(a) or {})
+    assert token_cache.tokenize_all(examples, tiny_tokenizer, 64) == first
+    assert not calls  # served from the cache
+    token_cache.tokenize_all(examples, tiny_tokenizer, 32)  # another length cap
+    examples[0].messages[1]["content"] = "A changed answer."
+    token_cache.tokenize_all(examples, tiny_tokenizer, 64)  # other data
+    assert len(calls) == 2 * len(examples)
+
+
+def test_token_cache_key_follows_the_chat_template(tiny_tokenizer):
+    import copy
+
+    from backpropagate_core import token_cache
+
+    other = copy.deepcopy(tiny_tokenizer)
+    other.chat_template = tiny_tokenizer.chat_template.replace("\n", "\n\n")
+    assert token_cache.key(_examples(), tiny_tokenizer, 64) != token_cache.key(_examples(), other, 64)
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tiny_tokenizer, monkeypatch, tmp_path):
+    from backpropagate_core import token_cache
+
+    monkeypatch.setenv("BACKPROPAGATE_CACHE_DIR", str(tmp_path / "cache"))
+    rows = token_cache.tokenize_all(_examples(), tiny_tokenizer, 64)
+    entry = next((tmp_path / "cache" / "tokens").glob("*.json"))
+    entry.write_text("{not json")
+    assert token_cache.tokenize_all(_examples(), tiny_tokenizer, 64) == rows

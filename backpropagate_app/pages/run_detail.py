@@ -137,8 +137,11 @@ def actions() -> rx.Component:
 
 def config_card() -> rx.Component:
     S = RunDetailState
-    row = lambda c: rx.table.row(rx.table.cell(rx.code(c["key"], size="1")), rx.table.cell(c["value"]),
-                                 rx.table.cell(rx.text(c["reason"], size="1", color_scheme="gray")))  # noqa: E731
+    row = lambda c: rx.table.row(  # noqa: E731
+        rx.table.cell(rx.code(c["key"], size="1"), white_space="nowrap"),
+        rx.table.cell(rx.text(c["value"], size="2", style={"word_break": "break-all"}),
+                      rx.cond(c["reason"] != "", rx.text(c["reason"], size="1", color_scheme="gray"))),
+    )
     return ui.card(
         rx.scroll_area(
             rx.table.root(rx.table.body(rx.foreach(S.config, row)), size="1", width="100%",

@@ -102,8 +102,11 @@ def runs_page() -> rx.Component:
         "/runs", "Runs",
         rx.hstack(
             rx.text("Status", size="2"),
-            rx.select([ALL, *STATUSES], value=S.status_filter, on_change=S.set_filter,
-                      data_testid="status-filter"),
+            rx.select.root(
+                rx.select.trigger(data_testid="status-filter"),
+                rx.select.content(*[rx.select.item(s, value=s) for s in (ALL, *STATUSES)]),
+                value=S.status_filter, on_change=S.set_filter,
+            ),
             align="center",
         ),
         ui.error_callout(S.error),

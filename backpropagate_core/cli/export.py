@@ -42,6 +42,8 @@ def export(
     with _progress() as sink:
         result = export_model(source, format=format, quantization=quantization, output_dir=output,
                               verify=not no_verify, on_progress=sink)
+    if not as_json:
+        _print_result(result)
     registration = None
     if ollama:
         name = ollama_name or _default_ollama_name(result)
@@ -51,13 +53,24 @@ def export(
         if registration:
             out["ollama_registration"] = registration.__dict__
         print(json.dumps(out, default=str))
-        return
-    _print_result(result)
-    if registration:
+    elif registration:
         console.print(f"[green]registered with Ollama[/] as {registration.name}: "
                       f"[bold]{registration.run_command}[/]")
     elif result.format == "gguf":
         console.print(f"Ollama: cd {result.folder} && ollama create NAME -f Modelfile")
+
+
+@app.command("ollama-register")
+def ollama_register(
+    gguf: Path = typer.Argument(..., help="A .gguf file exported by `backprop export`."),
+    name: str = typer.Option(..., "--name", help="Ollama model name, e.g. my-bot:q4_k_m."),
+    host: Optional[str] = typer.Option(None, "--host", help="Ollama server (default: BACKPROPAGATE_OLLAMA_HOST or http://127.0.0.1:11434)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the training template's own)."),
+) -> None:
+    """Register an exported GGUF with Ollama (upload once, then create the model)."""
+    registration = _register(gguf, name, host, system)
+    console.print(f"[green]registered[/] {registration.name} at {registration.host}: "
+                  f"[bold]{registration.run_command}[/]")
 
 
 def _default_ollama_name(result) -> str:
@@ -67,11 +80,11 @@ def _default_ollama_name(result) -> str:
     return f"{stem[: -len(suffix)] if stem.endswith(suffix) else stem}:{result.quantization}"
 
 
-def _register(path: Path, name: str, host: str | None):
+def _register(path: Path, name: str, host: str | None, system: str | None = None):
     from backpropagate_core.export import register_with_ollama
 
     with console.status(f"registering {name} with Ollama") as status:
-        return register_with_ollama(path, name, host=host,
+        return register_with_ollama(path, name, host=host, system=system,
                                     on_status=lambda s: status.update(f"Ollama: {s}"))
 
 

@@ -14,27 +14,30 @@ from backpropagate_core.cli.app import app, console
 @app.command()
 def train(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset file (jsonl/json/csv/parquet) or folder."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Preset, local folder, .gguf file or hub id [default: smollm2-135m]."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps [default: ~3 epochs]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Preset, local folder, .gguf file or hub id (default: smollm2-135m)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: ~3 epochs)."),
     epochs: Optional[float] = typer.Option(None, help="Passes over the data when --steps is not given."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate [default: by model size]."),
-    batch_size: Optional[int] = typer.Option(None, help="Examples per device step [default: fits memory]."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate (default: by model size)."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per device step (default: fits memory)."),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    max_seq_len: Optional[int] = typer.Option(None, help="Tokens per example [default: p99 of the data]."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank [default: 16]."),
-    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha [default: 32]."),
+    max_seq_len: Optional[int] = typer.Option(None, help="Tokens per example (default: p99 of the data)."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: 16)."),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: 32)."),
     precision: Optional[str] = typer.Option(None, help="auto, bf16, fp16 or fp32."),
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="QLoRA (CUDA only)."),
     skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Drop malformed lines and report them."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     name: Optional[str] = typer.Option(None, help="A name for the run."),
     detach: bool = typer.Option(False, "--detach", help="Train in a background worker and return at once."),
+    backend: Optional[str] = typer.Option(None, help="Training backend: auto (default), transformers or unsloth."),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Train on N processes (GPUs) through `accelerate launch`."),
+    config_file: Optional[Path] = typer.Option(None, "--config-file", help="An accelerate config (DDP, FSDP, DeepSpeed, several machines)."),
 ) -> None:
     """Fine-tune a model with LoRA on a dataset. Ctrl-C stops after saving a checkpoint."""
     overrides = dict(steps=steps, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                      grad_accum=grad_accum, max_seq_len=max_seq_len, r=lora_r, alpha=lora_alpha,
                      precision=precision, load_in_4bit=load_in_4bit or None,
-                     skip_bad_lines=skip_bad_lines or None, seed=seed)
+                     skip_bad_lines=skip_bad_lines or None, seed=seed, backend=backend)
     if detach:
         from backpropagate_core.worker import start_run
 
@@ -54,7 +57,26 @@ def train(
     run = store.create_run(config=config.model_dump(mode="json"), model=config.model,
                            dataset=config.data, name=name)
     console.print(f"run_started run_id={run.id}")
+    if (num_processes or 1) > 1 or config_file is not None:
+        _launch(run.id, store, num_processes, config_file)
+        return
     execute_run(run.id, store, extra_sinks=[ConsoleSink(console)])
+
+
+def _launch(run_id: str, store, num_processes: int | None, config_file: Path | None) -> None:
+    """Train the recorded run on several processes; rank 0 records it as usual."""
+    import subprocess
+
+    from backpropagate_core import events as ev
+    from backpropagate_core.distributed import launch_command
+
+    proc = subprocess.run(launch_command(run_id, num_processes, config_file))
+    run = store.get(run_id)
+    if proc.returncode != 0 and run.status in ("queued", "running"):
+        store.record(ev.Failed(run_id, code="RUNTIME_WORKER_DIED",
+                               message=f"accelerate launch exited with status {proc.returncode}"))
+    if proc.returncode != 0:
+        raise typer.Exit(proc.returncode)
 
 
 @app.command()
@@ -94,7 +116,7 @@ def cancel(run_id: str = typer.Argument(..., help="Run id or a unique prefix."))
 @app.command()
 def plan(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset file or folder."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec [default: smollm2-135m]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (default: smollm2-135m)."),
     overrides: Optional[str] = typer.Option(None, help="JSON object of settings to fix, e.g. '{\"steps\": 50}'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

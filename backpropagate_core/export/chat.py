@@ -122,7 +122,8 @@ class ChatSession:
         self.gguf_path = Path(gguf) if gguf else latest_gguf(self.source)
         # Chat needs only each last token's logits; keeping all of them would cost
         # n_ctx x vocabulary floats (1.2 GB for Qwen's vocabulary at 2048 tokens).
-        self.llama = open_gguf(self.gguf_path, n_ctx=2048, logits_all=False) if self.gguf_path else None
+        n_ctx = min(2048, int(getattr(self.model.config, "max_position_embeddings", 0) or 2048))
+        self.llama = open_gguf(self.gguf_path, n_ctx=n_ctx, logits_all=False) if self.gguf_path else None
         self.max_new_tokens = max_new_tokens
         self.stop = stop_ids(self.tokenizer)
 

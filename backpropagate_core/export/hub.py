@@ -18,6 +18,8 @@ from typing import Any
 from backpropagate_core.errors import BackpropError
 
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_PRIVATE_FILE = "backpropagate.json"
+"""The adapter's local manifest (names local paths); never uploaded."""
 _TRAINING_KEYS = ("steps", "epochs", "learning_rate", "batch_size", "grad_accum", "max_seq_len",
                   "precision", "seed")
 
@@ -49,8 +51,10 @@ def push_to_hub(source: str | Path, repo_id: str, private: bool = True, token: s
         raise BackpropError("DEP_MISSING", "pushing needs huggingface_hub",
                             hint="pip install 'backpropagate[export]'") from None
     api = HfApi(endpoint=endpoint, token=token)
-    ops = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
-           for p in files if p.name != "README.md"]
+    base_id = _hub_id(_base_of(folder, run))
+    ops = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(),
+                              path_or_fileobj=_public_copy(p, base_id))
+           for p in files if p.name not in ("README.md", _PRIVATE_FILE)]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -109,12 +113,37 @@ def _run_owning(folder: Path):
         return None
 
 
+def _public_copy(path: Path, base_id: str | None) -> str | bytes:
+    """The file to upload: as it is, or with local paths replaced for the two that name them.
+
+    adapter_config.json points peft at its base model; the hub id (when we know it) makes
+    the uploaded adapter loadable anywhere, and a local folder would only leak a path.
+    """
+    if path.name not in ("adapter_config.json", "export.json"):
+        return str(path)
+    data = _read_json(path)
+    if path.name == "adapter_config.json":
+        base = data.get("base_model_name_or_path")
+        data["base_model_name_or_path"] = base_id or (Path(str(base)).name if base else None)
+    else:
+        data.pop("source", None)
+        data["base_model"] = _shown(data.get("base_model"), base_id)
+    return (json.dumps(data, indent=2) + "\n").encode("utf-8")
+
+
+def _base_of(folder: Path, run: Any | None) -> str | None:
+    if run is not None and run.config.get("model"):
+        return run.config["model"]
+    return (_read_json(folder / "export.json").get("base_model")
+            or _read_json(folder / "adapter_config.json").get("base_model_name_or_path"))
+
+
 def model_card(repo_id: str, folder: Path, run: Any | None) -> str:
     """README.md with YAML metadata, written from the run's config and results."""
     manifest = _read_json(folder / "export.json")
     adapter = _read_json(folder / "adapter_config.json")
     config = dict(run.config) if run is not None else {}
-    base = config.get("model") or manifest.get("base_model") or adapter.get("base_model_name_or_path")
+    base = _base_of(folder, run)
     base_id = _hub_id(base)
     fmt = manifest.get("format") or ("adapter" if adapter else "merged")
     library = {"adapter": "peft", "gguf": "gguf"}.get(fmt, "transformers")

@@ -68,10 +68,15 @@ def _from_folder(path: Path, store) -> Source:
     run_id, run_dir = _owning_run(path, store)
     if (path / ADAPTER_CONFIG).is_file():
         label = path.parent.name if path.name == "adapter" else path.name
+        base = None
         if run_id:
             run = store.get(run_id)
             label = run.name or run.config.get("model") or label
-        return Source("adapter", path, base_of_adapter(path), run_id, run_dir, _slug(label))
+            # A checkpoint has no manifest; its adapter_config names wherever the base was
+            # loaded from, while the run knows the spec the user gave.
+            if not (path / "backpropagate.json").is_file():
+                base = run.config.get("model")
+        return Source("adapter", path, base or base_of_adapter(path), run_id, run_dir, _slug(label))
     if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         return Source("merged", path, None, run_id, run_dir, _slug(path.name))
     raise BackpropError("INPUT_EXPORT_SOURCE_INVALID",

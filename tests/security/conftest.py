@@ -9,8 +9,10 @@ uploads are quick to send).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -63,8 +65,13 @@ def wait_answering(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture(scope="package")
-def secured(tmp_path_factory, tiny_llama) -> Secured:
-    root = tmp_path_factory.mktemp("secured-ui")
+def secured() -> Secured:
+    # A folder of our own: pytest prunes its numbered tmp folders when other sessions run
+    # at the same time, which would pull the build and the model from under the server.
+    from tests.tiny import build_model
+
+    root = Path(tempfile.mkdtemp(prefix="bp-secured-ui-"))
+    tiny_llama = build_model(root / "tiny-llama", arch="llama")
     home, outputs, outside = root / "home", root / "outputs", root / "outside"
     outside.mkdir()
     (outside / "secret.jsonl").write_text(
@@ -86,3 +93,4 @@ def secured(tmp_path_factory, tiny_llama) -> Secured:
     yield Secured(url, port, root, home, outputs, outside, tiny_llama, log, proc)
     stop_workers(home)
     stop_server(proc)
+    shutil.rmtree(root, ignore_errors=True)

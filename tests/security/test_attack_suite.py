@@ -145,9 +145,10 @@ def files_with(marker: bytes, places: list[tuple[Path, int]], skip: list[Path]) 
 
 
 def escape_places(secured) -> list[tuple[Path, int]]:
-    """Where an escaping upload would land: the sandbox's surroundings, /tmp, the working
-    folder, the home folder."""
-    return [(secured.root, 4), (Path("/tmp"), 1), (Path.cwd(), 1), (Path.home(), 1)]
+    """Where an escaping upload would land: anywhere in the test's folder, directly in any
+    folder above the uploads folder (/tmp included), the working folder, the home folder."""
+    above = [(folder, 0) for folder in secured.uploads.parents if folder not in (secured.root,)]
+    return [(secured.root, 4), *above, (Path.cwd(), 0), (Path.home(), 0)]
 
 
 # ---- the harness can see success ------------------------------------------------------------
@@ -343,14 +344,14 @@ def test_upload_name_traversal(secured):
              str(secured.outside) + "/{m}.jsonl", "C:\\Windows\\{m}.jsonl", "../outside/{m}.jsonl"]
     markers = []
     for i, pattern in enumerate(names):
-        marker = f"escape-{i}-{uuid.uuid4().hex[:6]}"
+        marker = f"bpatk-{i}-{uuid.uuid4().hex[:8]}"
         markers.append(marker)
         ctype, body = multipart([(pattern.format(m=marker), json.dumps({"text": marker}).encode() + b"\n")])
         status, _, _ = http(secured.port, "POST", "/_upload",
                             upload_headers(secured, cookie, ("Content-Type", ctype)), body, source="127.0.0.18")
         assert status in (200, 400, 403, 413, 422, 429)
     time.sleep(2)
-    found = files_with(b"escape-", escape_places(secured), skip=[secured.uploads.resolve()])
+    found = files_with(b"bpatk-", escape_places(secured), skip=[secured.uploads.resolve()])
     found += [p for p in secured.outside.iterdir() if p.name != "secret.jsonl"]
     for i, marker in enumerate(markers):
         escaped = [p for p in found if marker in p.name or (p.is_file() and marker.encode() in p.read_bytes())]
@@ -506,7 +507,7 @@ def test_server_stayed_up_and_nothing_escaped(secured, request):
     assert status == 200
     # Nothing any attack named or wrote lies outside the sandbox.
     assert sorted(p.name for p in secured.outside.iterdir()) == ["secret.jsonl"]
-    assert files_with(b"escape-", escape_places(secured), skip=[secured.uploads.resolve()]) == []
+    assert files_with(b"bpatk-", escape_places(secured), skip=[secured.uploads.resolve()]) == []
     stored = {p.name for p in secured.uploads.iterdir()}
     assert all(not name.startswith(("..", "/")) for name in stored)
 

@@ -1,0 +1,385 @@
+"""Training throughput: backpropagate against the usual ways to LoRA-train, on the same work.
+
+Variants, each in its own process (Unsloth patches transformers and TRL on import), run in
+turn and alternated over rounds so a change in machine load hits all of them alike:
+
+  a  transformers Trainer + peft, written the way a user would (fp32, padded batches)
+  b  TRL SFTTrainer with its defaults (bf16 on, padded batches)
+  c  Unsloth's own recipe (FastLanguageModel + SFTTrainer); "unavailable" with the reason
+  d  backpropagate: `hf_trainer.fit`, the path `backprop train` takes
+
+Same model, data (already tokenized, loss on assistant replies only), LoRA (rank, alpha,
+target modules), sequence length, batch, accumulation, learning rate, seed and data order.
+tokens/s counts real (non-padding) tokens per second of training steps. Final loss is the
+mean next-token loss of the trained adapter over the whole dataset, computed the same way
+for every variant in fp32 (the last training-step losses are printed too).
+
+MFU: LoRA training costs about 4 FLOP per frozen parameter per token (forward 2, backward
+to the inputs 2; no weight gradients for frozen weights), 6 with gradient checkpointing
+(one more forward); the LoRA matrices and attention scores are left out. Parameters are
+the matmul parameters (decoder linears + LM head; a tied embedding is counted once).
+The peak is this machine's measured dense matmul rate in torch.
+
+    python bench/throughput.py            # 30 steps x 2 rounds, all variants
+    python bench/throughput.py --quick    # smoke test: 2 steps, tiny settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {"all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "qv": ["q_proj", "v_proj"]}
+NAMES = {"a": "transformers Trainer + peft (fp32 defaults)", "b": "TRL SFTTrainer (defaults)",
+         "c": "Unsloth recipe", "d": "backpropagate"}
+
+
+@dataclass
+class Work:
+    model: str = "smollm2-135m"
+    data: str = str(ROOT / "examples" / "quickstart.jsonl")
+    r: int = 16
+    alpha: int = 32
+    targets: str = "all"
+    seq_len: int = 256
+    batch: int = 4
+    accum: int = 1
+    steps: int = 30
+    lr: float = 2e-4
+    seed: int = 42
+
+
+# ---- shared by every variant --------------------------------------------------------
+
+def load_rows(work: Work, tokenizer) -> list[dict]:
+    from backpropagate_core import data
+    from backpropagate_core.hf_trainer import truncate
+
+    loaded = data.load(work.data)
+    return truncate([data.tokenize(e, tokenizer, None) for e in loaded.examples], work.seq_len)
+
+
+def lora_config(work: Work):
+    from peft import LoraConfig
+
+    return LoraConfig(r=work.r, lora_alpha=work.alpha, lora_dropout=0.0, bias="none",
+                      target_modules=TARGETS[work.targets], task_type="CAUSAL_LM")
+
+
+def common_args(work: Work) -> dict:
+    return dict(output_dir=tempfile.mkdtemp(prefix="bench-"), max_steps=work.steps,
+                per_device_train_batch_size=work.batch, gradient_accumulation_steps=work.accum,
+                learning_rate=work.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
+                logging_steps=1, save_strategy="no", report_to=[], seed=work.seed,
+                data_seed=work.seed, use_cpu=not _cuda(), disable_tqdm=True)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class Meter:
+    """Times training steps and counts the real tokens of the batches they consumed."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.step_time = 0.0
+        self._t = 0.0
+
+    def wrap(self, collator):
+        def collate(batch):
+            out = collator(batch)
+            mask = out.get("attention_mask")
+            self.tokens += int(mask.sum()) if mask is not None else int(out["input_ids"].numel())
+            return out
+        return collate
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class StepTimer(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                meter._t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                meter.step_time += time.perf_counter() - meter._t
+
+        return StepTimer()
+
+
+def eval_loss(model, rows: list[dict]) -> float:
+    """Mean next-token loss over every labelled token of the dataset, fp32, one example at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]], device=model.device)
+            labels = torch.tensor(row["labels"][1:], device=model.device)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            keep = labels != -100
+            total += F.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+            count += int(keep.sum())
+    return total / max(1, count)
+
+
+def _train_losses(log_history: list[dict]) -> list[float]:
+    return [h["loss"] for h in log_history if "loss" in h]
+
+
+# ---- the variants -------------------------------------------------------------------
+
+def variant_a(work: Work) -> dict:
+    """What a user writes from the transformers + peft docs: fp32, padded batches."""
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from backpropagate_core.model import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(work.model)
+    rows = [{"input_ids": r["input_ids"], "attention_mask": [1] * len(r["input_ids"]), "labels": r["labels"]}
+            for r in load_rows(work, tokenizer)]
+    model = get_peft_model(load_model(work.model), lora_config(work))
+    meter = Meter()
+    trainer = Trainer(model=model, args=TrainingArguments(**common_args(work)), train_dataset=rows,
+                      data_collator=meter.wrap(DataCollatorForSeq2Seq(tokenizer, padding=True)),
+                      callbacks=[meter.callback()])
+    trainer.train()
+    return _result(meter, trainer.state.log_history, model, rows)
+
+
+def variant_b(work: Work) -> dict:
+    """TRL's SFTTrainer with its defaults, given the same tokenized rows and a LoRA config."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from backpropagate_core.model import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(work.model)
+    rows = load_rows(work, tokenizer)
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    meter = Meter()
+    trainer = SFTTrainer(model=load_model(work.model), processing_class=tokenizer, train_dataset=dataset,
+                         args=SFTConfig(**common_args(work), max_length=work.seq_len),
+                         peft_config=lora_config(work), callbacks=[meter.callback()])
+    trainer.data_collator = meter.wrap(trainer.data_collator)
+    trainer.train()
+    return _result(meter, trainer.state.log_history, trainer.model, rows)
+
+
+def variant_c(work: Work) -> dict:
+    """Unsloth's recipe: FastLanguageModel, its get_peft_model, TRL's SFTTrainer."""
+    try:
+        from unsloth import FastLanguageModel  # must come first: it patches transformers and TRL
+    except Exception as err:  # noqa: BLE001 - any import failure means "unavailable here"
+        return {"unavailable": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from backpropagate_core.model import materialize, resolve_model
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        materialize(resolve_model(work.model)), max_seq_length=work.seq_len, load_in_4bit=False)
+    # Gradient checkpointing off: on a CPU it is plain recomputation, and memory is ample.
+    model = FastLanguageModel.get_peft_model(
+        model, r=work.r, lora_alpha=work.alpha, lora_dropout=0.0, bias="none",
+        target_modules=TARGETS[work.targets], use_gradient_checkpointing=False, random_state=work.seed)
+    rows = load_rows(work, tokenizer)
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    meter = Meter()
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
+                         args=SFTConfig(**common_args(work), max_length=work.seq_len, optim="adamw_8bit"),
+                         callbacks=[meter.callback()])
+    trainer.data_collator = meter.wrap(trainer.data_collator)
+    trainer.train()
+    return _result(meter, trainer.state.log_history, model, rows)
+
+
+def variant_d(work: Work) -> dict:
+    """backpropagate's training path, with the settings `backprop train` would resolve."""
+    from backpropagate_core import events as ev
+    from backpropagate_core.config import TrainingSettings
+    from backpropagate_core.defaults import detect_hardware
+    from backpropagate_core.hf_trainer import fit, weight_dtype
+    from backpropagate_core.model import add_lora, load_model, load_tokenizer
+
+    hw = detect_hardware()
+    precision = "bf16" if hw.bf16 else ("fp16" if hw.device == "cuda" else "fp32")
+    tokenizer = load_tokenizer(work.model)
+    rows = load_rows(work, tokenizer)
+    model = add_lora(load_model(work.model, dtype=weight_dtype(precision, hw.device)), work.r, work.alpha,
+                     0.0, TARGETS[work.targets])
+    t = TrainingSettings(steps=work.steps, batch_size=work.batch, grad_accum=work.accum,
+                         learning_rate=work.lr, lr_scheduler="linear", warmup_ratio=0.0, seed=work.seed,
+                         max_seq_len=work.seq_len, save_steps=10**6, val_fraction=0.0,
+                         precision=precision, gradient_checkpointing=False, report_to="none")
+    steps: list[float] = []
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+    outcome = fit(model, tokenizer, rows, [], t, run_id="bench", output_dir=out_dir / "checkpoints",
+                  sink=lambda e: steps.append(e.loss) if isinstance(e, ev.Step) else None,
+                  resume_from=None, cancel_flag=out_dir / "CANCEL")
+    tokens = outcome.tokens_per_s or 0.0
+    return {"tok_s": tokens, "train_losses": steps, "eval_loss": eval_loss(model, rows),
+            "peak_rss_gb": _peak_rss_gb()}
+
+
+def _result(meter: Meter, log_history: list[dict], model, rows) -> dict:
+    return {"tok_s": meter.tokens / meter.step_time if meter.step_time else 0.0,
+            "train_losses": _train_losses(log_history), "eval_loss": eval_loss(model, rows),
+            "peak_rss_gb": _peak_rss_gb()}
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ---- the machine ---------------------------------------------------------------------
+
+def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
+    """Dense matmul GFLOP/s in torch for this dtype (autocast-free, all threads)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def flops_per_token(model: str, gradient_checkpointing: bool = False) -> float:
+    from backpropagate_core.estimate import shape_of
+
+    s = shape_of(model)
+    return (6 if gradient_checkpointing else 4) * s.matmul_params
+
+
+# ---- orchestration -------------------------------------------------------------------
+
+def run_child(variant: str, work: Work, timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--work", json.dumps(asdict(work))]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+           "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    load = os.getloadavg()[0]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "load": load}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)[-400:], "load": load}
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["load"] = (load + os.getloadavg()[0]) / 2
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 steps, 1 round: a smoke test")
+    parser.add_argument("--steps", type=int, help="optimizer steps per variant [30]")
+    parser.add_argument("--rounds", type=int, help="times each variant runs, alternating [2]")
+    parser.add_argument("--variants", default="abcd", help="which of a, b, c, d to run [abcd]")
+    parser.add_argument("--targets", choices=sorted(TARGETS), default="all", help="LoRA target modules [all]")
+    parser.add_argument("--model", default=Work.model)
+    parser.add_argument("--data", default=Work.data)
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        work = Work(**json.loads(args.work))
+        result = globals()[f"variant_{args.child}"](work)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    steps = args.steps or (2 if args.quick else 30)
+    rounds = args.rounds or (1 if args.quick else 2)
+    work = Work(model=args.model, data=args.data, targets=args.targets, steps=steps)
+    print(f"work: {json.dumps(asdict(work))}")
+    print(f"LoRA r={work.r} alpha={work.alpha} on {', '.join(TARGETS[work.targets])}; "
+          f"batch {work.batch} x accumulation {work.accum}; max length {work.seq_len}", flush=True)
+    peaks = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
+    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
+          f"(load {os.getloadavg()[0]:.2f})", flush=True)
+    runs: dict[str, list[dict]] = {v: [] for v in args.variants}
+    for rnd in range(rounds):
+        order = args.variants if rnd % 2 == 0 else args.variants[::-1]
+        for v in order:
+            result = run_child(v, work, timeout=max(600, 60 * steps))
+            runs[v].append(result)
+            print(f"round {rnd + 1} {v}: " + _describe(result), flush=True)
+    return report(runs, work, peaks, args.json)
+
+
+def _describe(result: dict) -> str:
+    if "unavailable" in result:
+        return f"unavailable ({result['unavailable']})"
+    if "error" in result:
+        return f"error ({result['error']})"
+    last = result["train_losses"][-5:]
+    return (f"{result['tok_s']:.1f} tok/s, eval loss {result['eval_loss']:.4f}, "
+            f"last train loss {sum(last) / max(1, len(last)):.4f}, peak RSS {result['peak_rss_gb']:.2f} GB, "
+            f"load {result['load']:.2f}")
+
+
+def report(runs: dict[str, list[dict]], work: Work, peaks: dict, json_path: str | None) -> int:
+    flop = flops_per_token(work.model)
+    best: dict[str, dict] = {}
+    print(f"\n{'variant':48s} {'tok/s':>7s} {'vs a':>6s} {'MFU':>6s} {'eval loss':>9s} {'load':>5s}")
+    for v, results in runs.items():
+        ok = [r for r in results if "tok_s" in r]
+        if not ok:
+            why = results[0].get("unavailable") or results[0].get("error", "no result")
+            print(f"{v} {NAMES[v]:46s} unavailable: {why}")
+            continue
+        top = max(ok, key=lambda r: r["tok_s"])
+        best[v] = top
+    base = best.get("a", {}).get("tok_s")
+    for v, top in best.items():
+        peak = peaks["fp32"] if v == "a" else peaks["bf16"]
+        mfu = top["tok_s"] * flop / (peak * 1e9) if peak else 0.0
+        ratio = f"{top['tok_s'] / base:.2f}" if base else "-"
+        print(f"{v} {NAMES[v]:46s} {top['tok_s']:7.1f} {ratio:>6s} {mfu:6.1%} {top['eval_loss']:9.4f} "
+              f"{top['load']:5.2f}")
+    print(f"(best of {max(len(r) for r in runs.values())} alternating rounds; MFU = tok/s x {flop / 1e6:.0f} MFLOP "
+          f"/ measured matmul peak, fp32 peak for a, bf16 peak for the others)")
+    if "d" in best:
+        for other in ("a", "c"):
+            if other in best:
+                print(f"d/{other} = {best['d']['tok_s'] / best[other]['tok_s']:.2f}")
+            else:
+                print(f"d/{other} = unavailable")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"work": asdict(work), "peaks": peaks, "runs": runs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
