@@ -18,7 +18,7 @@ export BUN_INSTALL_CACHE_DIR := $(TOOLS)/bun-cache
 export BUN_RUNTIME_TRANSPILER_CACHE_PATH := $(TOOLS)/bun-transpiler-cache
 export PATH := $(TOOLS)/node_modules/.bin:$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test test-fast browser bench clean
+.PHONY: install run test test-fast browser bench unsloth clean
 
 install: $(STAMP)
 
@@ -48,6 +48,13 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/throughput.py
+
+# Optional Unsloth backend. Its wheel pins an older transformers/TRL and CUDA-only extras
+# (xformers, bitsandbytes, triton), so it is installed without dependencies plus the
+# three pure-Python packages it imports; `make install` never installs it.
+unsloth: install
+	$(BIN)/pip install -q --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9
+	$(BIN)/pip install -q tyro msgspec einops
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .web .states

@@ -102,7 +102,10 @@ def save_upload(name: str, data: bytes) -> Path:
 def workspace_files() -> list[dict[str, str]]:
     """Datasets the pickers offer: uploads (newest first), then the repository's examples."""
     found: list[dict[str, str]] = []
-    uploads = [p for p in uploads_dir().iterdir() if p.suffix.lower() in DATASET_TYPES]
+    # Only plain files: the app never writes links, so a symlink here was planted (and may
+    # point outside the sandbox or nowhere).
+    uploads = [p for p in uploads_dir().iterdir()
+               if p.suffix.lower() in DATASET_TYPES and not p.is_symlink() and p.is_file()]
     for path in sorted(uploads, key=lambda p: p.stat().st_mtime, reverse=True):
         found.append({"label": f"uploads/{path.name}", "path": str(path)})
     if EXAMPLES_DIR.is_dir():
@@ -132,4 +135,5 @@ def cancel_run(run_id: str) -> None:
 
 
 def resume_run(run_id: str) -> str:
+    limits.allow("start")
     return worker.resume_run(run_id, home=settings().home)

@@ -53,3 +53,9 @@ def allow(action: str, key: str = "*") -> None:
     wait = _action_limits[action].hit(key)
     if wait:
         raise BackpropError("UI_RATE_LIMITED", f"too many {action} requests; try again in {wait} s")
+
+
+def reset() -> None:
+    """Forget every count (for tests that start many runs in a row)."""
+    for limiter in _action_limits.values():
+        limiter._hits.clear()

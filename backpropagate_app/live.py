@@ -23,6 +23,8 @@ POLL_S = 0.3
 """How often an open page reads the store; a step event shows within about this long."""
 REFRESH_S = 1.0
 """Unchanged runs still refresh this often, so elapsed time keeps ticking."""
+RECHECK_S = 2.0
+"""How often the loop looks at the State for a run the page itself picked."""
 
 
 def read_run(run_id: str, tail: RunTail) -> tuple[dict | None, bool]:
@@ -71,14 +73,15 @@ class RunView(rx.State, mixin=True):
         chain is cancelled by navigation or disconnect).
 
         `choose(current_run_id)` runs off the lock each poll and returns the run to show,
-        so a page can switch to a run started elsewhere.
+        so a page can switch to a run started elsewhere. The lock is taken only to publish
+        a changed view, and every few seconds to notice a run picked by the page itself.
         """
         tail: RunTail | None = None
         shown: dict | None = None
-        refreshed = 0.0
+        refreshed = checked = time.monotonic()
+        async with self:
+            current = self.run_id
         while True:
-            async with self:
-                current = self.run_id
             try:
                 wanted = await asyncio.to_thread(choose, current)
                 if tail is None or tail.run_id != wanted:
@@ -87,17 +90,20 @@ class RunView(rx.State, mixin=True):
                 if run is None:
                     view = EMPTY_RUN_VIEW | {"run_id": wanted}
                 elif fresh or shown is None or time.monotonic() - refreshed > REFRESH_S:
-                    view = tail.view(run)
-                    refreshed = time.monotonic()
+                    view, refreshed = tail.view(run), time.monotonic()
                 else:
                     view = shown
             except Exception as exc:  # noqa: BLE001 - the UI task's outer edge: show, keep polling
                 view = (shown or EMPTY_RUN_VIEW) | {"error": unexpected_error(exc)}
-            if view is not shown:
+            recheck = time.monotonic() - checked > RECHECK_S
+            if view != shown or recheck:
                 async with self:
-                    if self.run_id == current:
+                    if self.run_id != current:
+                        current, shown = self.run_id, None  # the page chose a run: follow it next poll
+                    else:
                         self._show(view, shown)
-                shown = view
+                        current, shown = view["run_id"], view
+                checked = time.monotonic()
             await asyncio.sleep(POLL_S)
 
 

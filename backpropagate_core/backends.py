@@ -64,7 +64,14 @@ def load_model(spec: str, choice: Choice, *, dtype, lora, max_seq_len: int, load
                                 hint="Use backend=transformers, or reinstall unsloth for this torch/CUDA.") from None
     base = model_mod.load_model(spec, dtype=dtype, load_in_4bit=load_in_4bit,
                                 trust_remote_code=trust_remote_code)
+    _seed(seed)  # the LoRA A matrices start random: the same seed gives the same start
     return model_mod.add_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+
+
+def _seed(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def _unsloth_model(spec: str, *, dtype, lora, max_seq_len: int, load_in_4bit: bool,

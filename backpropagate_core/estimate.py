@@ -9,8 +9,9 @@ The estimate adds up what a training step holds at its peak:
   llama-style block keeps (two RMSNorms in fp32, the projection inputs LoRA needs, q/k/v
   and the attention output, the four MLP intermediates); with gradient checkpointing
   only each layer's input is kept, plus one layer's worth during recomputation;
-- logits: labelled tokens x vocabulary x the logits, their fp32 copy, the log-softmax
-  and its gradient (16 bytes per element);
+- logits: labelled tokens x vocabulary x 12 bytes: at the peak of the backward pass the
+  saved fp32 log-softmax, its gradient and the fp32 gradient of the logits (Liger's or
+  Unsloth's fused loss on a GPU needs far less);
 - overhead: the CUDA context and allocator slack, or on a CPU the Python process with
   torch and transformers loaded.
 
@@ -31,7 +32,7 @@ CUDA_OVERHEAD_GB = 0.75
 """CUDA context, cuBLAS workspaces and allocator fragmentation."""
 CPU_OVERHEAD_GB = 0.9
 """A Python process with torch, transformers and peft imported, before any model."""
-LOGIT_BYTES = 16.0
+LOGIT_BYTES = 12.0
 
 
 @dataclass(frozen=True)

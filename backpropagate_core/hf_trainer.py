@@ -19,6 +19,8 @@ from backpropagate_core.config import TrainingSettings
 from backpropagate_core.errors import BackpropError
 
 MANIFEST = "backpropagate.json"
+OPTIMIZER = "adamw_torch_fused"
+"""One fused AdamW kernel over all LoRA tensors instead of a loop over hundreds of small ones."""
 
 
 @dataclass
@@ -272,13 +274,34 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     doubled (the effective batch stays the same) and training continues from the step it
     had reached, at most `oom.MAX_RETRIES` times.
     """
-    from backpropagate_core import backends, oom, speed
+    from backpropagate_core import backends, speed
 
-    # An Unsloth model keeps its own (patched) forward and loss, on padded batches.
+    # An Unsloth model keeps its own (patched) forward and loss, on padded batches. Under
+    # DDP the loss must go through the wrapper's forward, or gradients are not all-reduced.
     own = getattr(model, backends.BACKEND_ATTR, None) != "unsloth"
-    labelled = own and speed.plain_lm_head(model) and not _liger(t)
+    labelled = own and speed.plain_lm_head(model) and not _liger() and distributed.world_size() == 1
     collator = Collator(tokenizer.pad_token_id, pack=t.packing and own, label_index=labelled)
     callback = _make_callback(run_id, sink, collator, cancel_flag, output_dir, guard)
+    # On the CPU the attention of a packed row runs per example; CUDA keeps sdpa's block mask
+    # (or flash-attention's varlen kernel when the model was loaded with it).
+    attention = speed.use_varlen_attention(model) if collator.pack and not _on_cuda() else None
+    try:
+        trainer = _train_with_oom_recovery(model, train_rows, val_rows, t, run_id=run_id, sink=sink,
+                                           output_dir=output_dir, resume_from=resume_from,
+                                           collator=collator, callback=callback, labelled=labelled)
+    finally:
+        speed.restore_attention(model, attention)
+    if callback.overheat is not None:
+        raise callback.overheat
+    return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,
+                      callback.last_checkpoint, _overall_rate(collator, callback))
+
+
+def _train_with_oom_recovery(model, train_rows, val_rows, t: TrainingSettings, *, run_id: str,
+                             sink: ev.Sink, output_dir: Path, resume_from: Path | None,
+                             collator: Collator, callback, labelled: bool):
+    from backpropagate_core import oom
+
     batch, accum, resume = t.batch_size, t.grad_accum, resume_from
     for attempt in range(oom.MAX_RETRIES + 1):
         trainer = _build_trainer(model, train_rows, val_rows, t, batch, accum, run_id=run_id,
@@ -286,30 +309,32 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
                                  labelled=labelled)
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-            break
+            return trainer
         except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled; the rest re-raise
             if not (oom.is_oom(err) and t.oom_recovery and oom.single_process()):
                 raise
             if attempt == oom.MAX_RETRIES or batch == 1:
                 raise oom.exhausted(err, batch, attempt) from err
-            resume = oom.rescue(trainer, output_dir) or resume
-            batch, accum = batch // 2, accum * 2
-            sink(ev.LogLine(run_id, level="WARNING", message=(
-                f"out of memory at step {trainer.state.global_step}; retrying with batch {batch} x "
-                f"accumulation {accum} (same effective batch), attempt {attempt + 1} of {oom.MAX_RETRIES}")))
-    if callback.overheat is not None:
-        raise callback.overheat
-    return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,
-                      callback.last_checkpoint, _overall_rate(collator, callback))
+        # Out here the failed step's traceback, and the activations its frames held, are gone.
+        resume = oom.rescue(trainer, output_dir) or resume
+        batch, accum = batch // 2, accum * 2
+        sink(ev.LogLine(run_id, level="WARNING", message=(
+            f"out of memory at step {trainer.state.global_step}; retrying with batch {batch} x "
+            f"accumulation {accum} (same effective batch), attempt {attempt + 1} of {oom.MAX_RETRIES}")))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _liger(t: TrainingSettings) -> bool:
-    """Liger kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU) on CUDA when installed."""
+def _on_cuda() -> bool:
     import torch
 
+    return torch.cuda.is_available()
+
+
+def _liger() -> bool:
+    """Liger kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU) on CUDA when installed."""
     from backpropagate_core import speed
 
-    return speed.liger_available("cuda" if torch.cuda.is_available() else "cpu")
+    return speed.liger_available("cuda" if _on_cuda() else "cpu")
 
 
 def _build_trainer(model, train_rows, val_rows, t: TrainingSettings, batch: int, accum: int, *,
@@ -332,10 +357,9 @@ def _build_trainer(model, train_rows, val_rows, t: TrainingSettings, batch: int,
         eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps or t.save_steps,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16", use_cpu=not on_cuda,
         **_checkpointing_arg(bool(t.gradient_checkpointing)), seed=t.seed, data_seed=t.seed,
-        # One fused kernel for all LoRA tensors instead of a loop over hundreds of small ones.
-        optim="adamw_torch_fused",
+        optim=OPTIMIZER,
         # Evaluation only needs the loss; gathering logits would hold batch x length x vocab floats.
-        prediction_loss_only=True, use_liger_kernel=_liger(t),
+        prediction_loss_only=True, use_liger_kernel=_liger(),
         report_to=report_to, run_name=run_id, disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=platform_support.dataloader_workers(), logging_first_step=True,
         ddp_find_unused_parameters=False,

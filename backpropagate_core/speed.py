@@ -40,8 +40,55 @@ def pack_batch(batch: list[dict]) -> dict:
         # predecessor, and here its predecessor is the previous example's last token.
         labels += [IGNORE_INDEX] + list(x["labels"][1:])
         positions += range(n)
+    lengths = [len(x["input_ids"]) for x in batch]
+    bounds = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    # The boundaries flash-attention's varlen kernel (and `varlen_sdpa`) read from the model kwargs.
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions]), "use_cache": False}
+            "position_ids": torch.tensor([positions]), "use_cache": False,
+            "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds,
+            "max_length_q": max(lengths), "max_length_k": max(lengths)}
+
+
+def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Attention for a packed row: one causal sdpa call per example, so the cost is the sum
+    of the examples' squares rather than the square of the row (what a block mask over the
+    whole row costs). Anything that is not a packed row goes to transformers' sdpa."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    edges = bounds.tolist()  # on the CPU, where this path runs, no device sync
+    parts = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                    dropout=dropout, scaling=scaling, is_causal=True)[0]
+             for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return torch.cat(parts, dim=1), None
+
+
+VARLEN = "backpropagate_varlen_sdpa"
+
+
+def use_varlen_attention(model) -> str | None:
+    """Switch an sdpa model to `varlen_sdpa`; returns the implementation to restore, or
+    None when the model uses another attention (flash-attention already handles packed rows)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    lm = causal_lm(model)
+    previous = getattr(lm.config, "_attn_implementation", None)
+    if previous != "sdpa":
+        return None
+    AttentionInterface.register(VARLEN, varlen_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)  # masks for anything unpacked
+    lm.set_attn_implementation(VARLEN)
+    return previous
+
+
+def restore_attention(model, previous: str | None) -> None:
+    if previous is not None:
+        causal_lm(model).set_attn_implementation(previous)
 
 
 def label_index(labels) -> "torch.Tensor":  # noqa: F821

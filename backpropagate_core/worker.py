@@ -4,7 +4,9 @@ The launcher functions here are import-light (no torch): the UI server and the C
 them to start, stop and resume runs. A run's worker is `python -m
 backpropagate_core.worker RUN_ID`, which calls the same `execute_run` as `backprop
 train`, so a crash, an out-of-memory kill or `kill -9` only ends that process; the run
-store then shows the run as interrupted (see `RunStore.reap_dead`).
+store then shows the run as interrupted (see `RunStore.reap_dead`). An export's worker is
+`python -m backpropagate_core.worker --export RUN_ID ...` (see `export.jobs`); chat
+answers come from a one-shot `backprop chat --json` subprocess.
 
 Stopping is a flag file (`<run_dir>/CANCEL`) the worker polls after every step, so it
 works the same on Windows, where POSIX signals are not available.
@@ -16,6 +18,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ from backpropagate_core.runs import RunStore
 
 CANCEL_FLAG = "CANCEL"
 _children: list[subprocess.Popen] = []
+_export_lock = threading.Lock()
+"""Held from the busy check to export_started, so two clicks cannot start two exports."""
 
 
 def _spawn(args: list[str], store: RunStore, log_path: Path) -> subprocess.Popen:
@@ -114,6 +120,52 @@ def cancel_run(run_id: str, *, home: str | Path | None = None) -> None:
     (run.run_dir / CANCEL_FLAG).touch()
 
 
+def start_export(source_run_id: str, format: str, quantization: str | None = None, *,
+                 checkpoint: str | None = None, ollama_name: str | None = None,
+                 ollama_host: str | None = None, home: str | Path | None = None) -> str:
+    """Check the options, start a worker exporting a run's final adapter (or `checkpoint`)
+    and record export_started on the run; returns the job id that the job's export_done /
+    export_failed event carries. Progress arrives as export_progress events on the run.
+    One export per run at a time; with `ollama_name` the GGUF is registered afterwards."""
+    from backpropagate_core.export import jobs
+
+    store = RunStore(home)
+    run = store.get(source_run_id)
+    request = jobs.check_request(run, format, quantization, checkpoint, ollama_name)
+    with _export_lock:
+        busy = jobs.running_job(store, run.id)
+        if busy:
+            what = " ".join(filter(None, (busy["format"], busy.get("quantization"))))
+            raise BackpropError("STATE_RUN_ACTIVE", f"run {run.id[:8]} is already being exported ({what})",
+                                hint="Wait for that export to finish; the Export page shows its progress.")
+        job = uuid.uuid4().hex[:12]
+        args = ["--export", run.id, "--job", job, "--source", str(request.source),
+                "--output", str(request.output_dir), "--format", request.format]
+        for flag, value in (("--quantization", request.quantization), ("--ollama-name", request.ollama_name),
+                            ("--ollama-host", ollama_host)):
+            args += [flag, value] if value else []
+        log = run.run_dir / "export.log"
+        proc = _spawn(args, store, log)
+        jobs.record_started(store, request, job, proc.pid, log)
+    return job
+
+
+def chat_once(source: str, messages: list[dict], gguf: str | None = None,
+              max_new_tokens: int = 128, compare: bool = True) -> dict:
+    """Greedy answers to the last turn of `messages` from the trained model and, when the
+    run has a GGUF export (or `gguf` names one), from llama.cpp; out of process, as
+    `backprop chat SOURCE --messages ... --json`. `compare=False`: the trained model only.
+    Returns {"answers": {"transformers": {text, tokens, seconds}, "llama.cpp": ...},
+    "gguf": path or None, "identical": bool or None}."""
+    args = ["chat", str(source), "--messages", json.dumps(messages), "--json",
+            "--max-new-tokens", str(max_new_tokens)]
+    if gguf:
+        args += ["--gguf", str(gguf)]
+    if not compare:
+        args.append("--no-gguf")
+    return _engine_json(args)
+
+
 def _engine_json(args: list[str], timeout: float = 600) -> dict:
     """Run a `backprop ... --json` command in a subprocess and parse its output."""
     proc = subprocess.run([sys.executable, "-m", "backpropagate_core.cli.run", *args],
@@ -151,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     (done/cancelled) or the error's exit code."""
     import argparse
 
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["--export"]:
+        return _export_main(given[1:])
     parser = argparse.ArgumentParser(prog="backpropagate_core.worker")
     parser.add_argument("run_id")
     parser.add_argument("--resume", action="store_true")
@@ -177,6 +232,29 @@ def main(argv: list[str] | None = None) -> int:
         except BackpropError as err:
             print(f"[{err.code}] {err.message}", file=sys.stderr)
             return err.exit_code
+
+
+def _export_main(argv: list[str]) -> int:
+    """Export worker: `--export RUN_ID --job JOB --source DIR --output DIR --format F ...`,
+    as `start_export` builds it; the outcome is recorded on the run (see export.jobs)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="backpropagate_core.worker --export")
+    parser.add_argument("run_id")
+    for flag in ("--job", "--source", "--output", "--format"):
+        parser.add_argument(flag, required=True)
+    for flag in ("--quantization", "--ollama-name", "--ollama-host"):
+        parser.add_argument(flag)
+    args = parser.parse_args(argv)
+
+    logs.setup_logging()
+    with logs.bind_run(args.run_id):
+        logs.get_logger(__name__).info("export_started run_id=%s job=%s format=%s quantization=%s pid=%s",
+                                       args.run_id, args.job, args.format, args.quantization, os.getpid())
+        from backpropagate_core.export import jobs
+
+        return jobs.run_job(RunStore(), args.run_id, args.job, Path(args.source), Path(args.output),
+                            args.format, args.quantization, args.ollama_name, args.ollama_host)
 
 
 def _console_sinks(wanted: bool) -> list:

@@ -76,14 +76,18 @@ def main(argv: list[str] | None = None) -> None:
 
     from backpropagate_core.runs import RunStore
 
+    results = []
     with tempfile.TemporaryDirectory(prefix="bp-bench-") as tmp:
         data, size = combined_dataset(Path(tmp))
         store = RunStore(args.home or Path(tmp) / "home")
-        results = [run_mode(mode, data, size, args, store) for mode in args.modes.split(",")]
+        for mode in args.modes.split(","):
+            results.append(run_mode(mode, data, size, args, store))
+            # Written after every mode, so a long benchmark stopped part-way keeps what it measured.
+            print(json.dumps(results[-1]), flush=True)
+            if args.out:
+                args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                                "results": results}, indent=2))
     print_table(results)
-    if args.out:
-        args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                        "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -79,27 +79,66 @@ def measure_latency(page, server, samples: int) -> dict:
             "max_s": round(max(latencies), 3)}
 
 
-def run_headless(server, steps: int) -> float:
+class CpuMeter:
+    """CPU seconds used by the UI side: the server's process tree and this process's
+    chromium processes (the training worker runs in a session of its own, not counted)."""
+
+    def __init__(self, server) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.server = psutil.Process(server.proc.pid)
+
+    def _procs(self):
+        me = self.psutil.Process()
+        chromium = [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]
+        return [self.server, *self.server.children(recursive=True), *chromium]
+
+    def seconds(self) -> float:
+        total = 0.0
+        for proc in self._procs():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except self.psutil.Error:
+                pass
+        return total
+
+    def __enter__(self) -> "CpuMeter":
+        self.start_cpu, self.start_wall = self.seconds(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cores = (self.seconds() - self.start_cpu) / (time.monotonic() - self.start_wall)
+
+
+def run_headless(server, steps: int) -> tuple[float, float]:
+    """(tokens/s, cores the idle UI server used meanwhile) of a run started by the launcher."""
     from backpropagate_core import worker
 
-    run_id = worker.start_run(str(server.model), str(ROOT / "examples" / "quickstart.jsonl"),
-                              name="headless", overrides={"steps": steps}, home=server.home)
-    return wait_tokens_per_s(server, run_id)
+    with CpuMeter(server) as meter:
+        run_id = worker.start_run(str(server.model), str(ROOT / "examples" / "quickstart.jsonl"),
+                                  name="headless", overrides={"steps": steps}, home=server.home)
+        tokens = wait_tokens_per_s(server, run_id)
+    return tokens, meter.cores
 
 
-def run_from_ui(browser, server, steps: int) -> float:
+def run_from_ui(browser, server, steps: int) -> tuple[float, float]:
+    """(tokens/s, cores the server and chromium used) of a run started and watched in the page."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=server.url)
     page = context.new_page()
     page.goto("/train")
     page.get_by_test_id("custom-model").fill(str(server.model))
     page.get_by_test_id("field-steps").fill(str(steps))
     page.get_by_test_id("run-name").fill("from-ui")
-    page.get_by_test_id("start").click()
-    page.get_by_test_id("run-status").filter(has_text="running").wait_for(timeout=300_000)
-    run_id = page.get_by_test_id("run-link").get_attribute("href").rsplit("/", 1)[-1]
-    page.get_by_test_id("run-completed").wait_for(timeout=900_000)  # the page watches until the end
+    with CpuMeter(server) as meter:
+        page.get_by_test_id("start").click()
+        page.get_by_test_id("run-status").filter(has_text="running").wait_for(timeout=300_000)
+        run_id = page.get_by_test_id("run-link").get_attribute("href").rsplit("/", 1)[-1]
+        page.get_by_test_id("run-completed").wait_for(timeout=900_000)  # the page watches until the end
+        tokens = wait_tokens_per_s(server, run_id)
     context.close()
-    return wait_tokens_per_s(server, run_id)
+    return tokens, meter.cores
 
 
 def wait_tokens_per_s(server, run_id: str) -> float:
@@ -146,17 +185,23 @@ def main() -> int:
             context.close()
             print(f"event latency: p50 {latency['p50_s']} s, p95 {latency['p95_s']} s, "
                   f"max {latency['max_s']} s over {latency['samples']} displayed steps", flush=True)
-            headless, ui = [], []
+            headless, ui, idle_cores, ui_cores = [], [], [], []
             for r in range(args.rounds):
-                headless.append(run_headless(server, args.steps))
-                ui.append(run_from_ui(browser, server, args.steps))
-                print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s, UI {ui[-1]:.0f} tok/s", flush=True)
+                tokens, cores = run_headless(server, args.steps)
+                headless.append(tokens), idle_cores.append(cores)
+                tokens, cores = run_from_ui(browser, server, args.steps)
+                ui.append(tokens), ui_cores.append(cores)
+                print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s (idle UI server {idle_cores[-1]:.3f} cores), "
+                      f"UI {ui[-1]:.0f} tok/s (server + chromium {ui_cores[-1]:.3f} cores)", flush=True)
             browser.close()
         ratio = statistics.median(ui) / statistics.median(headless)
         result = {"latency": latency, "tokens_per_s": {"headless": headless, "ui": ui},
-                  "overhead_ratio": round(ratio, 3), "steps_per_run": args.steps,
-                  "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}
+                  "overhead_ratio": round(ratio, 3), "ui_cores": ui_cores, "idle_server_cores": idle_cores,
+                  "steps_per_run": args.steps, "loadavg_before": load_before,
+                  "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}
         print(f"UI overhead ratio (UI / headless tokens/s, medians): {ratio:.3f}")
+        print(f"UI side while watching: {statistics.median(ui_cores):.3f} of {os.cpu_count()} cores "
+              f"(idle server: {statistics.median(idle_cores):.3f})")
         print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))

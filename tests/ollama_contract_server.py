@@ -27,7 +27,8 @@ _NAME = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*
 class OllamaContractServer:
     """Start with `with OllamaContractServer() as server:`; `server.url` is the host."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """`port` 0 picks a free one; Ollama's own 11434 lets a client with default settings in."""
         self.blobs: dict[str, bytes] = {}
         self.models: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
@@ -116,7 +117,7 @@ class OllamaContractServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

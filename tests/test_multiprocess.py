@@ -31,7 +31,7 @@ def backprop_train(home: Path, model: Path, data: Path, *extra: str) -> subproce
            "BACKPROPAGATE_TRAINING__REPORT_TO": "none", "BACKPROPAGATE_TRAINING__PRECISION": "fp32",
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "backpropagate_core.cli.run", "train", "--data", str(data),
-           "--model", str(model), "--steps", "4", "--lr", "5e-3", "--grad-accum", "1", *extra]
+           "--model", str(model), "--steps", "8", "--lr", "2e-2", "--grad-accum", "1", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -50,16 +50,18 @@ def test_two_processes_train_one_run_like_one_process(tiny_llama, dataset, tmp_p
     runs = RunStore(home_two).list()
     assert len(runs) == 1  # the launcher recorded one run, not one per process
     run = runs[0]
-    assert run.status == "completed" and run.step == 4
-    # Both ranks stepped: rank 0 recorded four steps, rank 1 reports its own finish.
-    assert "rank 1: finished run" in two.stderr and "at step 4" in two.stderr
+    assert run.status == "completed" and run.step == 8
+    # Both ranks stepped: rank 0 recorded every step, rank 1 reports its own finish.
+    assert "rank 1: finished run" in two.stderr and "at step 8" in two.stderr
     events = [json.loads(line)["type"] for line in (run.run_dir / "events.jsonl").read_text().splitlines()]
-    assert events.count("run_started") == 1 and events.count("finished") == 1 and events.count("step") == 4
+    assert events.count("run_started") == 1 and events.count("finished") == 1 and events.count("step") == 8
     # Exactly one set of artifacts.
     assert sorted(p.name for p in run.run_dir.iterdir() if p.is_dir()) == ["adapter", "checkpoints"]
     assert not list(run.run_dir.rglob("*.partial"))
     # Two processes x batch 2 see the same examples per step as one process x batch 4.
     single = RunStore(home_one).list()[0]
     two_losses, one_losses = step_losses(run.run_dir), step_losses(single.run_dir)
-    assert len(two_losses) == len(one_losses) == 4
+    # With a high learning rate, replicas whose gradients were not all-reduced drift apart
+    # within a few steps; synchronised ones follow the one-process run.
+    assert len(two_losses) == len(one_losses) == 8
     assert two_losses == pytest.approx(one_losses, rel=2e-3), (two_losses, one_losses)

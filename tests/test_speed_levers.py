@@ -154,3 +154,18 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_tokenizer, monkeypatch, tmp_path)
     entry = next((tmp_path / "cache" / "tokens").glob("*.json"))
     entry.write_text("{not json")
     assert token_cache.tokenize_all(_examples(), tiny_tokenizer, 64) == rows
+
+
+def test_varlen_attention_matches_the_block_mask_and_restores(tiny_llama):
+    model = _model(tiny_llama)
+    rows = _rows([7, 19, 3, 12], seed=4)
+    batch = Collator(0, pack=True)(rows)
+    with torch.no_grad():
+        masked = model(**batch).loss
+        previous = speed.use_varlen_attention(model)
+        assert previous == "sdpa"
+        varlen = model(**batch).loss
+        padded = _padded_loss(model, rows, pad_id=0)  # unpacked batches still get their mask
+        speed.restore_attention(model, previous)
+    assert speed.causal_lm(model).config._attn_implementation == "sdpa"
+    assert torch.allclose(varlen, masked, atol=1e-5) and torch.allclose(padded, masked, atol=1e-5)

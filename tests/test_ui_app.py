@@ -117,17 +117,23 @@ def test_runs_table_rows_and_sparklines(isolated_home):
     assert read_rows("failed", sparks) == []
 
 
-def test_run_detail_reads_resolved_config_and_events(isolated_home):
-    from backpropagate_app.pages.run_detail import read_details
+def test_run_detail_reads_resolved_config_and_new_events(isolated_home):
+    from backpropagate_app.pages.run_detail import RunDetails
 
-    run_id = record_run(RunStore(isolated_home), "a", [2.0, 1.0])
-    config, events, kind = read_details(run_id)
-    by_key = {c["key"]: c for c in config}
+    store = RunStore(isolated_home)
+    run_id = record_run(store, "a", [2.0, 1.0], finish=False)
+    details = RunDetails(run_id)
+    first = details.poll()
+    by_key = {c["key"]: c for c in first["config"]}
     assert by_key["training.learning_rate"]["reason"] == "standard LoRA rate"
-    assert events[0]["kind"] == "finished" and events[-1]["kind"] == "run_started"
-    assert kind == "train"
+    assert first["events"][-1]["kind"] == "run_started" and first["active"]
+    assert details.poll() is None  # nothing new
+    store.record(ev.Finished(run_id, final_loss=1.0, steps=2))
+    later = details.poll()
+    assert later["events"][0]["kind"] == "finished" and not later["active"] and later["kind"] == "train"
+    store.delete(run_id)
     with pytest.raises(BackpropError):
-        read_details("no-such-run")
+        details.poll()
 
 
 def test_live_read_run_handles_deleted_runs(isolated_home):

@@ -4,6 +4,7 @@ Resume and Delete."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import reflex as rx
 
@@ -18,17 +19,37 @@ ROUTE = "/runs/[run_key]"
 EVENT_ROWS = 300
 
 
-def read_details(run_id: str) -> tuple[list[dict], list[dict], str]:
-    """(config rows, last events, kind) for a run; config and reasons come from the
-    run_started event (defaults resolved) when there is one, else the config as given."""
-    store = engine.store()
-    run = store.get(run_id)
-    started = store.events(run.id, types=("run_started",))
-    config, reasons = run.config, {}
-    if started:
-        config, reasons = started[-1][1].get("config") or config, started[-1][1].get("reasons") or {}
-    rows = store.events(run.id)[-EVENT_ROWS:]
-    return config_rows(config, reasons), list(reversed(event_rows(rows))), run.kind
+class RunDetails:
+    """The config rows and newest events of one run, read from the store incrementally.
+
+    Config and reasons come from the run_started event (defaults resolved) when there is
+    one, else the config as given.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.after_id = 0
+        self.rows: deque[tuple[int, dict]] = deque(maxlen=EVENT_ROWS)
+        self.started: dict | None = None
+
+    def poll(self) -> dict | None:
+        """{config, events, kind, active} when something changed since the last poll, else
+        None; raises STATE_RUN_NOT_FOUND once the run is deleted."""
+        store = engine.store()
+        run = store.get(self.run_id)
+        new = store.events(run.id, after_id=self.after_id)
+        if not new and self.after_id:
+            return None
+        for row_id, event in new:
+            self.after_id = row_id
+            if event.get("type") == "run_started":
+                self.started = event
+        self.rows.extend(new)
+        config, reasons = run.config, {}
+        if self.started:
+            config, reasons = self.started.get("config") or config, self.started.get("reasons") or {}
+        return {"config": config_rows(config, reasons), "events": list(reversed(event_rows(list(self.rows)))),
+                "kind": run.kind, "active": run.active}
 
 
 class RunDetailState(RunView, rx.State):
@@ -60,24 +81,24 @@ class RunDetailState(RunView, rx.State):
 
     @rx.event(background=True)
     async def follow_details(self):
-        """Config and the event table, refreshed every second while the run is active."""
+        """Config and the event table; new events are read every second."""
         async with self:
-            run_id = self.run_id
+            details = RunDetails(self.run_id)
         while True:
             try:
-                config, events, kind = await asyncio.to_thread(read_details, run_id)
+                changed = await asyncio.to_thread(details.poll)
             except BackpropError:
                 return  # deleted
             except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
                 async with self:
                     self.action_error = unexpected_error(exc)
                 return
-            async with self:
-                if self.run_id != run_id:
-                    return
-                self.config, self.events, self.kind = config, events, kind
-                active = self.active or self.status in ("", "queued", "running")
-            await asyncio.sleep(1.0 if active else 3.0)
+            if changed is not None:
+                async with self:
+                    if self.run_id != details.run_id:
+                        return
+                    self.config, self.events, self.kind = changed["config"], changed["events"], changed["kind"]
+            await asyncio.sleep(1.0)
 
     @rx.event(background=True)
     async def resume(self):
@@ -113,6 +134,9 @@ def actions() -> rx.Component:
                 rx.button(rx.icon("play"), "Resume", on_click=S.resume, data_testid="resume")),
         rx.cond(S.active,
                 rx.link(rx.button(rx.icon("flame"), "Watch on Train page", variant="soft"), href="/train")),
+        rx.cond(~S.active & (S.status != ""),
+                rx.link(rx.button(rx.icon("package"), "Export or chat", variant="soft"),
+                        href="/export?run=" + S.run_id, data_testid="export-link")),
         rx.alert_dialog.root(
             rx.alert_dialog.trigger(
                 rx.button(rx.icon("trash-2"), "Delete", color_scheme="red", variant="soft",

@@ -17,17 +17,20 @@ LIMIT = 200
 
 
 class SparkCache:
-    """Sparkline points per run, recomputed only when the run's step moved."""
+    """Each run's step losses, read incrementally when its step moved; sparklines are
+    made from them."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[int, list[dict]]] = {}
+        self._cache: dict[str, tuple[int, int, list]] = {}
 
     def get(self, run) -> list[dict]:
-        cached = self._cache.get(run.id)
-        if cached is None or cached[0] != run.step:
-            losses = [e.get("loss") for _i, e in engine.store().events(run.id, types=("step",))]
-            cached = self._cache[run.id] = (run.step, sparkline(losses))
-        return cached[1]
+        step, after, losses = self._cache.get(run.id, (-1, 0, []))
+        if run.step != step:
+            new = engine.store().events(run.id, after_id=after, types=("step",))
+            if new:
+                after, losses = new[-1][0], losses + [e.get("loss") for _i, e in new]
+            self._cache[run.id] = (run.step, after, losses)
+        return sparkline(losses)
 
 
 def read_rows(status: str, sparks: SparkCache, kind: str | None = None) -> list[dict]:

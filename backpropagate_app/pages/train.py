@@ -28,7 +28,23 @@ def run_to_show(current: str) -> str:
     return runs[0].id if runs else ""
 
 
-class TrainState(RunView, rx.State):
+class TrainRun(RunView, rx.State):
+    """The run the Train page shows. Its own State, apart from the form's, so that live
+    updates re-render only the run panel (the browser shares the CPU with training)."""
+
+    @rx.event
+    def load(self):
+        self.run_id = run_to_show(self.run_id)
+        return TrainRun.follow
+
+    @rx.event(background=True)
+    async def follow(self):
+        await self._follow(run_to_show)
+
+
+class TrainState(rx.State):
+    """The form: model, dataset, settings with the plan's reasons; Start and Stop."""
+
     presets: list[dict[str, str]] = []
     model_choice: str = ""
     custom_model: str = ""
@@ -62,16 +78,11 @@ class TrainState(RunView, rx.State):
         if not self.captions:
             self.captions = default_captions()
             self.form = {key: "" for key, _label, _type in FORM_FIELDS}
-        self.run_id = run_to_show(self.run_id)
-        return [TrainState.follow, TrainState.refresh_plan]
+        return TrainState.refresh_plan
 
     @rx.var
     def field_notes(self) -> dict[str, str]:
         return field_captions(self.form, self.planned, self.captions)
-
-    @rx.event(background=True)
-    async def follow(self):
-        await self._follow(run_to_show)
 
     @rx.event(background=True)
     async def refresh_plan(self):
@@ -131,7 +142,7 @@ class TrainState(RunView, rx.State):
     @rx.event(background=True)
     async def start(self):
         async with self:
-            if self.starting or self.active:
+            if self.starting or (await self.get_state(TrainRun)).active:
                 return
             self.starting, self.start_error = True, {}
             form, planned, name, data = dict(self.form), dict(self.planned), self.run_name, self.dataset_path
@@ -151,13 +162,14 @@ class TrainState(RunView, rx.State):
         async with self:
             self.starting, self.start_error = False, error
             if run_id:
-                self._show(EMPTY_RUN_VIEW | {"run_id": run_id, "status": "queued", "active": True,
-                                             "name": name or run_id[:8]}, None)
+                run = await self.get_state(TrainRun)
+                run._show(EMPTY_RUN_VIEW | {"run_id": run_id, "status": "queued", "active": True,
+                                            "name": name or run_id[:8]}, None)
 
     @rx.event(background=True)
     async def stop(self):
         async with self:
-            run_id, self.stopping = self.run_id, True
+            run_id, self.stopping = (await self.get_state(TrainRun)).run_id, True
         try:
             await asyncio.to_thread(engine.cancel_run, run_id)
         except BackpropError as err:
@@ -167,7 +179,8 @@ class TrainState(RunView, rx.State):
         while True:
             await asyncio.sleep(0.5)
             async with self:
-                if not self.active or self.run_id != run_id:
+                run = await self.get_state(TrainRun)
+                if not run.active or run.run_id != run_id:
                     self.stopping = False
                     return
 
@@ -185,7 +198,7 @@ def model_picker() -> rx.Component:
                 rx.select.separator(),
                 rx.select.item("Custom: hub id or local folder…", value=engine.CUSTOM_MODEL),
             ),
-            value=S.model_choice, on_change=S.set_model_choice, disabled=S.active,
+            value=S.model_choice, on_change=S.set_model_choice, disabled=TrainRun.active,
         ),
         rx.cond(
             S.model_choice == engine.CUSTOM_MODEL,
@@ -205,7 +218,7 @@ def dataset_picker() -> rx.Component:
         rx.select.root(
             rx.select.trigger(placeholder="Pick a dataset", width="100%", data_testid="dataset-select"),
             rx.select.content(rx.foreach(S.datasets, lambda d: rx.select.item(d["label"], value=d["path"]))),
-            value=S.dataset_path, on_change=S.set_dataset, disabled=S.active,
+            value=S.dataset_path, on_change=S.set_dataset, disabled=TrainRun.active,
         ),
         spacing="1", width="100%",
     )
@@ -216,7 +229,7 @@ def field(key: str, label: str) -> rx.Component:
     return rx.vstack(
         rx.text(label, size="2", weight="bold"),
         rx.input(value=S.form[key], placeholder="auto", on_change=lambda v: S.set_field(key, v),
-                 disabled=S.active, width="100%", data_testid=f"field-{key}"),
+                 disabled=TrainRun.active, width="100%", data_testid=f"field-{key}"),
         rx.text(S.field_notes[key], size="1", color_scheme="gray", data_testid=f"reason-{key}"),
         spacing="1", width="100%",
     )
@@ -238,15 +251,15 @@ def setup_card() -> rx.Component:
                 columns=rx.breakpoints(initial="1", sm="2", lg="4"), spacing="4", width="100%"),
         rx.vstack(rx.text("Run name (optional)", size="2", weight="bold"),
                   rx.input(value=S.run_name, on_change=S.set_run_name, placeholder="my-first-run",
-                           disabled=S.active, data_testid="run-name"),
+                           disabled=TrainRun.active, data_testid="run-name"),
                   spacing="1"),
         ui.error_callout(S.start_error, test_id="start-error"),
         rx.hstack(
             rx.button(rx.icon("play"), "Start training", on_click=S.start, size="3",
-                      loading=S.starting, disabled=S.active, data_testid="start"),
+                      loading=S.starting, disabled=TrainRun.active, data_testid="start"),
             rx.button(rx.icon("square"), rx.cond(S.stopping, "Stopping…", "Stop"), on_click=S.stop,
                       size="3", color_scheme="red", variant="soft",
-                      disabled=~S.active | S.stopping, data_testid="stop"),
+                      disabled=~TrainRun.active | S.stopping, data_testid="stop"),
             spacing="3",
         ),
         title="Set up a run",
@@ -254,7 +267,7 @@ def setup_card() -> rx.Component:
 
 
 def live_title() -> rx.Component:
-    S = TrainState
+    S = TrainRun
     return rx.hstack(
         rx.heading(rx.cond(S.active, "Training ", "Last run "), size="4"),
         rx.link(S.name, href="/runs/" + S.run_id, size="4", data_testid="run-link"),
@@ -264,7 +277,7 @@ def live_title() -> rx.Component:
 
 
 def train_page() -> rx.Component:
-    S = TrainState
+    S = TrainRun
     return layout(
         "/train", "Train",
         setup_card(),
@@ -273,4 +286,4 @@ def train_page() -> rx.Component:
     )
 
 
-PAGE = Page("/train", "Train", train_page, [ShellState.watch, TrainState.load])
+PAGE = Page("/train", "Train", train_page, [ShellState.watch, TrainState.load, TrainRun.load])

@@ -148,28 +148,55 @@ def push(
 def chat(
     source: str = typer.Argument(..., help="Run id (or prefix), adapter folder or merged model folder."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Ask once and exit (default: interactive)."),
+    messages: Optional[str] = typer.Option(
+        None, "--messages", help='Answer the last turn of this conversation, a JSON list of {"role", "content"}, and exit.'),
     gguf: Optional[Path] = typer.Option(None, "--gguf", help="GGUF to compare with (default: the run's newest GGUF export)."),
+    no_gguf: bool = typer.Option(False, "--no-gguf", help="Answer with the trained model only."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     max_new_tokens: int = typer.Option(128, help="Longest answer, in tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answers as JSON (with --prompt or --messages)."),
 ) -> None:
     """Chat with the trained model and its GGUF side by side (greedy, so answers are comparable)."""
-    from backpropagate_core.export.chat import ChatSession
+    from backpropagate_core.errors import BackpropError
+    from backpropagate_core.export.chat import ChatSession, check_messages
 
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    if messages is not None:
+        try:
+            history += json.loads(messages)
+        except ValueError as err:
+            raise BackpropError("INPUT_EXPORT_OPTION_INVALID", f"--messages is not JSON: {err}") from None
+    if prompt is not None:
+        history.append({"role": "user", "content": prompt})
+    once = prompt is not None or messages is not None
+    if once:
+        history = check_messages(history)
+    elif as_json:
+        raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "--json answers one turn: pass --prompt or --messages")
+    if as_json:
+        session = ChatSession(source, gguf=gguf, max_new_tokens=max_new_tokens, compare_gguf=not no_gguf)
+        print(json.dumps(_answers_json(session, session.ask(history))))
+        return
     with console.status("loading the model"):
-        session = ChatSession(source, gguf=gguf, max_new_tokens=max_new_tokens)
+        session = ChatSession(source, gguf=gguf, max_new_tokens=max_new_tokens, compare_gguf=not no_gguf)
     if session.gguf_path:
         console.print(f"[dim]comparing with {session.gguf_path}[/]")
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
-    while True:
-        text = prompt if prompt is not None else _ask()
-        if text is None:
-            return
+    if once:
+        _print_answers(session.ask(history))
+        return
+    while (text := _ask()) is not None:
         history.append({"role": "user", "content": text})
         answers = session.ask(history)
         _print_answers(answers)
         history.append({"role": "assistant", "content": answers["transformers"].text})
-        if prompt is not None:
-            return
+
+
+def _answers_json(session, answers: dict) -> dict:
+    both = len(answers) == 2
+    return {"gguf": str(session.gguf_path) if session.gguf_path else None,
+            "answers": {name: {"text": a.text, "tokens": a.tokens, "seconds": round(a.seconds, 3)}
+                        for name, a in answers.items()},
+            "identical": answers["transformers"].tokens == answers["llama.cpp"].tokens if both else None}
 
 
 def _ask() -> str | None:

@@ -101,6 +101,11 @@ def resume(run_id: str = typer.Argument(..., help="Run id or a unique prefix."),
     from backpropagate_core.train import execute_run
 
     console.print(f"resuming run_id={run.id}")
+    if run.kind == "multi_run":
+        from backpropagate_core.multirun import execute_campaign
+
+        execute_campaign(run.id, store, extra_sinks=[ConsoleSink(console)], resume=True)
+        return
     execute_run(run.id, store, extra_sinks=[ConsoleSink(console)], resume=True)
 
 

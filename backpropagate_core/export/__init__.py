@@ -7,7 +7,8 @@
 
 Modules: `merged` (sources, merging), `gguf_vocab` + `gguf_writer` (our HF → GGUF writer),
 `quantize` (llama.cpp's quantizer), `verify`, `exporter` (the pipeline), `ollama`,
-`hub`, `chat`. Everything heavy is imported inside functions.
+`hub`, `chat`, `jobs` (an export in a worker process, as the UI starts it). Everything
+heavy is imported inside functions.
 """
 
 from backpropagate_core.export.exporter import (FORMATS, MERGED_DTYPES, ExportProgress, ExportResult,

@@ -22,6 +22,22 @@ class Answer:
     """"transformers" or "llama.cpp"."""
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: Any) -> list[dict]:
+    """A conversation to answer: a list of {role, content} ending with the user's turn."""
+    from backpropagate_core.errors import BackpropError
+
+    ok = isinstance(messages, list) and messages and all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages)
+    if not ok or messages[-1]["role"] != "user":
+        raise BackpropError("INPUT_EXPORT_OPTION_INVALID",
+                            "messages must be a list of {role, content} (roles system, user, assistant) "
+                            "that ends with a user turn")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
     """`messages` plus the assistant prompt, as text, with the run's chat template."""
     from backpropagate_core.chat_templates import ensure_chat_template
@@ -113,13 +129,15 @@ class ChatSession:
     """The trained model and, optionally, its GGUF, answering the same prompts greedily."""
 
     def __init__(self, source: str | Path, gguf: str | Path | None = None,
-                 max_new_tokens: int = 128) -> None:
+                 max_new_tokens: int = 128, compare_gguf: bool = True) -> None:
+        """`gguf`: the file to compare with (default: the run's newest GGUF export);
+        `compare_gguf=False`: the trained model alone."""
         from backpropagate_core.export.merged import load_tokenizer, load_trained, resolve_source
 
         self.source = resolve_source(source)
         self.tokenizer = load_tokenizer(self.source)
         self.model = load_trained(self.source, merge=False)
-        self.gguf_path = Path(gguf) if gguf else latest_gguf(self.source)
+        self.gguf_path = (Path(gguf) if gguf else latest_gguf(self.source)) if compare_gguf else None
         # Chat needs only each last token's logits; keeping all of them would cost
         # n_ctx x vocabulary floats (1.2 GB for Qwen's vocabulary at 2048 tokens).
         n_ctx = min(2048, int(getattr(self.model.config, "max_position_embeddings", 0) or 2048))

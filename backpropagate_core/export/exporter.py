@@ -73,7 +73,7 @@ def export_model(source: str | Path, format: str = "gguf", quantization: str | N
     f32/f16/bf16 (default: the dtype the base model was published in); unused for adapter.
     """
     started = time.time()
-    fmt, quant = _check_options(format, quantization)
+    fmt, quant = check_options(format, quantization)
     src = src_mod.resolve_source(source)
     emit = _Stages(src.run_id or "", on_progress)
     emit("load", 0, 1, "resolving the base model")
@@ -107,7 +107,9 @@ def export_model(source: str | Path, format: str = "gguf", quantization: str | N
     return result
 
 
-def _check_options(format: str, quantization: str | None) -> tuple[str, str | None]:
+def check_options(format: str, quantization: str | None) -> tuple[str, str | None]:
+    """(format, quantization) lower-cased and checked, so a launcher can refuse bad options
+    before it starts a process; quantization None means the format's default."""
     fmt = (format or "").lower()
     if fmt not in FORMATS:
         raise BackpropError("INPUT_EXPORT_OPTION_INVALID",
@@ -270,7 +272,10 @@ def _record(src, result: ExportResult) -> None:
     from backpropagate_core.runs import RunStore
 
     store = RunStore()
-    key = result.folder.name
+    # A checkpoint's exports sit in exports/<checkpoint>/, keyed apart from the final adapter's.
+    root = src.run_dir / "exports" if src.run_dir else None
+    key = (result.folder.relative_to(root).as_posix() if root and root in result.folder.parents
+           else result.folder.name)
     entry = {"path": str(result.path), "format": result.format, "quantization": result.quantization,
              "size_bytes": result.size_bytes, "seconds": result.seconds,
              "verification": result.verification, "created_at": time.time()}

@@ -1,0 +1,358 @@
+"""What the Export page shows: runs to export, options with their sizes, an export job's
+progress and result, chat answers.
+
+Plain functions and one accumulator class, no Reflex, so the unit tests check them
+without a browser. Everything reads the run store and files; nothing loads a model.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from backpropagate_app.display import DASH, fmt_clock, fmt_duration, short_name
+from backpropagate_core import estimate, presets
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.export import QUANTIZATIONS, estimated_size_bytes
+from backpropagate_core.export.jobs import checkpoints, final_adapter
+
+FINAL = "final"
+"""Source picker value for a run's final adapter (the others are checkpoint names)."""
+NO_GGUF = "none"
+RECOMMENDED = "q4_k_m"
+FORMATS: list[tuple[str, str, str]] = [
+    ("gguf", "GGUF", "One file for llama.cpp, Ollama and LM Studio; loaded in llama.cpp and "
+                     "compared with the trained model before it is kept."),
+    ("merged", "Merged model", "The adapter merged into the base weights: safetensors, tokenizer "
+                               "and chat template; loads anywhere transformers runs."),
+    ("adapter", "LoRA adapter", "Only the trained LoRA weights (peft safetensors): a few MB, "
+                                "loaded on top of the base model."),
+]
+DTYPES: list[tuple[str, str, float]] = [
+    ("auto", "the dtype the base model was published in", 0.0),
+    ("f32", "32-bit floats: exactly the merged weights", 4.0),
+    ("bf16", "bfloat16: half the size, the usual training dtype", 2.0),
+    ("f16", "16-bit floats: half the size, for older GPUs", 2.0),
+]
+STAGES: dict[str, str] = {"load": "Load", "reference": "Reference logits", "merge": "Merge",
+                          "write": "Write", "quantize": "Quantize", "verify": "Verify",
+                          "ollama": "Register with Ollama"}
+MESSAGES_KEPT = 6
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    if n is None or n < 0:
+        return DASH
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+# ---- what can be exported ---------------------------------------------------------------
+
+def param_count(model: str | None) -> int | None:
+    """Parameters of a base model from its config or preset table, without loading it."""
+    if not model:
+        return None
+    try:
+        return estimate.shape_of(model).params
+    except (BackpropError, KeyError, TypeError, ValueError, OSError):
+        preset = presets.get(model)
+        return int(preset.params_b * 1e9) if preset else None
+
+
+def exportable_runs(store) -> list[dict[str, str]]:
+    """Runs with a final adapter, newest first, then runs with only checkpoints (stopped
+    early), as {value, label}."""
+    finished, partial = [], []
+    for run in store.list(limit=200):
+        has_final = (final_adapter(run) / "adapter_config.json").is_file()
+        if run.active or not (has_final or checkpoints(run.run_dir)):
+            continue
+        label = f"{run.name or run.id[:8]} · {run.status} · {short_name(run.model)}"
+        (finished if has_final else partial).append({"value": run.id, "label": label})
+    return finished + partial
+
+
+def source_options(run) -> list[dict[str, str]]:
+    """The final adapter (if the run has one), then checkpoints, newest first."""
+    options = [{"value": FINAL, "label": "Final adapter"}] \
+        if (final_adapter(run) / "adapter_config.json").is_file() else []
+    for name in reversed(checkpoints(run.run_dir)):
+        options.append({"value": name, "label": f"Checkpoint at step {name.split('-')[1]}"})
+    return options
+
+
+def folder_bytes(folder: Path) -> int | None:
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+def format_options(n_params: int | None, adapter_bytes: int | None) -> list[dict[str, str]]:
+    sizes = {"adapter": fmt_bytes(adapter_bytes),
+             "merged": f"≈ {fmt_bytes(n_params * 2)} (bf16)" if n_params else DASH,
+             "gguf": f"≈ {fmt_bytes(estimated_size_bytes(n_params, RECOMMENDED))} ({RECOMMENDED})"
+             if n_params else DASH}
+    return [{"value": key, "label": label, "note": note, "size": sizes[key]} for key, label, note in FORMATS]
+
+
+def quant_options(n_params: int | None) -> list[dict[str, str]]:
+    """Every quantization the engine offers, with its one-line note and expected size."""
+    return [{"value": name, "label": name, "note": note,
+             "size": f"≈ {fmt_bytes(estimated_size_bytes(n_params, name))}" if n_params else DASH,
+             "recommended": "yes" if name == RECOMMENDED else ""}
+            for name, (_ftype, note, _bits) in QUANTIZATIONS.items()]
+
+
+def dtype_options(n_params: int | None) -> list[dict[str, str]]:
+    return [{"value": name, "label": name, "note": note,
+             "size": f"≈ {fmt_bytes(n_params * width)}" if n_params and width else DASH}
+            for name, note, width in DTYPES]
+
+
+def export_rows(summary: dict) -> list[dict[str, str]]:
+    """The run's recorded exports, newest first: {key, format, size, verified, path, exists}."""
+    entries = sorted((summary.get("exports") or {}).items(), key=lambda kv: -(kv[1].get("created_at") or 0))
+    rows = []
+    for key, e in entries:
+        v = e.get("verification") or {}
+        rows.append({"key": key, "format": e.get("format") or "", "size": fmt_bytes(e.get("size_bytes")),
+                     "verified": "verified" if v.get("passed") else "not verified",
+                     "path": e.get("path") or "", "exists": "yes" if Path(e.get("path") or "").exists() else ""})
+    return rows
+
+
+def gguf_options(summary: dict) -> list[dict[str, str]]:
+    """The run's GGUF exports that are still on disk, newest first, for the chat panel."""
+    return [{"value": r["key"], "label": f"{r['key']} ({r['size']})"}
+            for r in export_rows(summary) if r["format"] == "gguf" and r["exists"]]
+
+
+def gguf_path(summary: dict, key: str) -> str | None:
+    """The file of export `key`; None for "none" or an unknown key (never a path from the browser)."""
+    entry = (summary.get("exports") or {}).get(key) or {}
+    return entry.get("path") if entry.get("format") == "gguf" else None
+
+
+def run_info(store, run_id: str) -> dict[str, Any]:
+    """Everything the page shows about one run besides its export job."""
+    run = store.get(run_id)
+    n_params = param_count(run.config.get("model") or run.model)
+    return {"run_id": run.id, "name": run.name or run.id[:8], "model": short_name(run.model),
+            "params": f"{n_params / 1e6:,.1f}M parameters" if n_params else "size unknown",
+            "sources": source_options(run),
+            "format_options": format_options(n_params, folder_bytes(final_adapter(run))),
+            "quant_options": quant_options(n_params), "dtype_options": dtype_options(n_params),
+            "files": file_rows(run), "ggufs": gguf_options(run.summary)}
+
+
+def file_rows(run) -> list[dict[str, str]]:
+    """The run's final adapter, then its exports, as the "Files of this run" table shows them."""
+    adapter = final_adapter(run)
+    rows = [{"key": "adapter", "format": "adapter", "size": fmt_bytes(folder_bytes(adapter)), "verified": "",
+             "path": str(adapter), "exists": "yes"}] if (adapter / "adapter_config.json").is_file() else []
+    return rows + export_rows(run.summary)
+
+
+def default_ollama_name(run_name: str, quantization: str | None) -> str:
+    """`<run name>:<quantization>` in Ollama's alphabet, as the CLI names it."""
+    import re
+
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.").lower() or "model"
+    return f"{base}:{quantization}" if quantization else base
+
+
+# ---- one export job ------------------------------------------------------------------------
+
+def expected_stages(fmt: str, quantization: str | None, ollama: bool) -> list[str]:
+    if fmt == "adapter":
+        return ["load"]
+    stages = ["load", "reference", "merge", "write"]
+    if fmt == "gguf" and quantization not in ("f32", "f16", "bf16"):
+        stages.append("quantize")
+    stages.append("verify")
+    return stages + (["ollama"] if ollama else [])
+
+
+class ExportTail:
+    """Folds a run's export events, as read from the store, into the view of its newest job.
+
+    The page's background task keeps one per shown run, feeds it the rows
+    `RunStore.events(run_id, after_id, types=jobs.EVENT_TYPES)` returns, and copies
+    `view()` into the State when something changed.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.after_id = 0
+        self.started: dict | None = None
+        self.stage: dict | None = None
+        self.seen: list[str] = []
+        self.messages: deque[dict] = deque(maxlen=MESSAGES_KEPT)
+        self.end: dict | None = None
+
+    def feed(self, rows: list[tuple[int, dict]]) -> bool:
+        for row_id, event in rows:
+            self.after_id = max(self.after_id, row_id)
+            kind = event.get("type")
+            if kind == "export_started":
+                self.started, self.stage, self.seen, self.end = event, None, [], None
+                self.messages.clear()
+            elif self.started is None or self.end is not None:
+                continue
+            elif kind == "export_progress":
+                self.stage = event
+                if event.get("stage") not in self.seen:
+                    self.seen.append(event.get("stage"))
+                if event.get("message") and event.get("stage") != "done":
+                    self.messages.append({"time": fmt_clock(event.get("ts")), "stage": event.get("stage", ""),
+                                          "text": event["message"]})
+            elif kind in ("export_done", "export_failed") and event.get("job") == self.started.get("job"):
+                self.end = event
+        return bool(rows)
+
+    @property
+    def running(self) -> bool:
+        return self.started is not None and self.end is None
+
+    def view(self, alive: bool = True) -> dict[str, Any]:
+        """The job panel; `alive`: whether a running job's worker process still exists."""
+        if self.started is None:
+            return EMPTY_JOB
+        s = self.started
+        status = "running" if self.end is None else ("done" if self.end["type"] == "export_done" else "failed")
+        error = {}
+        if status == "failed":
+            error = {k: self.end.get(k, "") for k in ("code", "message", "hint")}
+        elif status == "running" and not alive:
+            status, error = "failed", {
+                "code": "RUNTIME_WORKER_DIED", "message": "the export worker ended without reporting",
+                "hint": f"It was killed or ran out of memory; its output is in {s.get('log') or 'export.log'}. "
+                        "Start the export again."}
+        stages = self._stages(status)
+        return {
+            "job": s.get("job", ""), "status": status,
+            "title": " ".join(filter(None, (_FORMAT_LABEL.get(s.get("format"), s.get("format")),
+                                            s.get("quantization"), "of the", s.get("source") or "adapter"))),
+            "started": fmt_clock(s.get("ts")),
+            "stages": stages,
+            "progress": _percent(stages, self.stage),
+            "messages": list(reversed(self.messages)),
+            "error": error,
+            **(done_view(self.end, s) if status == "done" else _NO_RESULT),
+        }
+
+    def _stages(self, job_status: str) -> list[dict[str, str]]:
+        s = self.started or {}
+        keys = expected_stages(s.get("format", ""), s.get("quantization"), bool(s.get("ollama_name")))
+        keys += [k for k in self.seen if k in STAGES and k not in keys]
+        current = (self.stage or {}).get("stage")
+        reached = keys.index(current) if current in keys else -1
+        if job_status == "done" or current == "done":
+            reached = len(keys)
+        rows = []
+        for i, key in enumerate(keys):
+            status = "done" if i < reached else "active" if i == reached else "pending"
+            if status == "active" and job_status == "failed":
+                status = "failed"
+            rows.append({"key": key, "label": STAGES[key], "status": status})
+        return rows
+
+
+_FORMAT_LABEL = {"gguf": "GGUF", "merged": "Merged model", "adapter": "LoRA adapter"}
+_NO_RESULT: dict[str, Any] = {"result": {}, "checks": [], "ollama": {}, "ollama_error": {}}
+EMPTY_JOB: dict[str, Any] = {"job": "", "status": "", "title": "", "started": "", "stages": [], "progress": 0,
+                             "messages": [], "error": {}, **_NO_RESULT}
+
+
+def _percent(stages: list[dict[str, str]], event: dict | None) -> int:
+    if not stages:
+        return 0
+    done = sum(1 for s in stages if s["status"] == "done")
+    within = 0.0
+    if event and event.get("total"):
+        within = min(1.0, event.get("done", 0) / event["total"])
+    return int(round(100 * min(1.0, (done + within) / len(stages))))
+
+
+def done_view(done: dict, started: dict) -> dict[str, Any]:
+    """Result card, verification rows and the Ollama command of a finished job."""
+    r = done.get("result") or {}
+    result = {"path": r.get("path", ""), "folder": r.get("folder") or "", "size": fmt_bytes(r.get("size_bytes")),
+              "seconds": fmt_duration(r.get("seconds")), "format": r.get("format", ""),
+              "quantization": r.get("quantization") or "",
+              "verified": "verified" if (r.get("verification") or {}).get("passed") else "not verified"}
+    return {"result": result, "checks": verification_rows(r.get("verification") or {}),
+            "ollama": ollama_view(done, started), "ollama_error": done.get("ollama_error") or {}}
+
+
+def verification_rows(v: dict) -> list[dict[str, str]]:
+    """{label, value, status} rows; status ok / bad / info (reported, not a pass condition)."""
+    if "max_logit_diff" not in v:
+        if "identical" in v:
+            return [{"label": "Adapter files", "status": "ok" if v["identical"] else "bad",
+                     "value": f"{len(v.get('files') or [])} file(s) identical to the run's adapter"
+                     if v["identical"] else "differ from the run's adapter"}]
+        return []
+
+    def ok(good: bool) -> str:
+        return "ok" if good else "bad"
+
+    rows = [
+        {"label": "Max logit difference", "status": ok(v["max_logit_diff"] <= v["bound"]),
+         "value": f"{v['max_logit_diff']:.4g} (bound {v['bound']:.4g})"},
+        {"label": "Top-1 agreement", "status": ok(v["top1_agreement"] >= v.get("min_top1_agreement", 0)),
+         "value": f"{v['top1_agreement']:.1%} of {v.get('positions', '?')} positions "
+                  f"(at least {v.get('min_top1_agreement', 0):.0%})"},
+    ]
+    if "tokenization_match" in v:
+        rows.append({"label": "Tokenization", "status": ok(v["tokenization_match"]),
+                     "value": f"matches on {v.get('tokenization_cases', '?')} texts" if v["tokenization_match"]
+                     else "differs from the trained tokenizer"})
+    if "greedy_match" in v:
+        rows.append({"label": "Greedy continuation", "status": "ok" if v["greedy_match"] else "info",
+                     "value": "same tokens as the trained model" if v["greedy_match"]
+                     else "differs from the trained model (expected at low bit widths)"})
+    if "kl_divergence" in v:
+        rows.append({"label": "Mean KL divergence", "status": "info", "value": f"{v['kl_divergence']:.3g}"})
+    return rows
+
+
+def ollama_view(done: dict, started: dict) -> dict[str, str]:
+    """The command a person copies: `ollama run NAME` when registered, else how to create it."""
+    r = done.get("result") or {}
+    if r.get("format") != "gguf":
+        return {}
+    registration = done.get("ollama") or {}
+    if registration:
+        return {"registered": "yes", "name": registration["name"], "host": registration.get("host", ""),
+                "command": registration["run_command"]}
+    name = started.get("ollama_name") or default_ollama_name(_run_label(r), r.get("quantization"))
+    return {"registered": "", "name": name, "host": "",
+            "command": f"cd {r.get('folder', '.')} && ollama create {name} -f Modelfile && ollama run {name}"}
+
+
+def _run_label(result: dict) -> str:
+    """The run's name as the exporter put it in the file name (`<label>-<quant>.gguf`)."""
+    stem, quant = Path(result.get("path", "model")).stem, result.get("quantization") or ""
+    return stem[: -len(quant) - 1] if quant and stem.endswith("-" + quant) else stem
+
+
+# ---- chat --------------------------------------------------------------------------------------
+
+ENGINE_LABELS = {"transformers": "Fine-tuned model (transformers)", "llama.cpp": "GGUF (llama.cpp)"}
+
+
+def chat_view(out: dict, gguf_label: str = "") -> tuple[list[dict[str, str]], str]:
+    """(answer cards, verdict) from `worker.chat_once`'s result."""
+    cards = []
+    for engine, a in (out.get("answers") or {}).items():
+        label = ENGINE_LABELS.get(engine, engine)
+        if engine == "llama.cpp" and gguf_label:
+            label = f"GGUF {gguf_label} (llama.cpp)"
+        cards.append({"engine": engine, "label": label, "text": a.get("text") or "(empty answer)",
+                      "meta": f"{len(a.get('tokens') or [])} tokens · {a.get('seconds', 0):.1f} s"})
+    verdict = {True: "identical answers", False: "the answers differ", None: ""}[out.get("identical")]
+    return cards, verdict
