@@ -169,3 +169,49 @@ def test_varlen_attention_matches_the_block_mask_and_restores(tiny_llama):
         speed.restore_attention(model, previous)
     assert speed.causal_lm(model).config._attn_implementation == "sdpa"
     assert torch.allclose(varlen, masked, atol=1e-5) and torch.allclose(padded, masked, atol=1e-5)
+
+
+def test_backend_choice(monkeypatch):
+    from backpropagate_core import backends
+    from backpropagate_core.errors import BackpropError
+
+    monkeypatch.setattr(backends, "installed", lambda: True)
+    assert backends.choose("transformers", "cuda").backend == "transformers"
+    assert backends.choose("auto", "cuda").backend == "unsloth"
+    assert backends.choose("auto", "cpu").backend == "transformers"  # ours measured faster on CPUs
+    assert backends.choose("unsloth", "cpu").backend == "unsloth"
+    monkeypatch.setattr(backends, "installed", lambda: False)
+    assert backends.choose("auto", "cuda").reason == "Unsloth is not installed"
+    with pytest.raises(BackpropError) as err:
+        backends.choose("unsloth", "cuda")
+    assert err.value.code == "DEP_MISSING"
+
+
+def test_unsloth_backend_trains_with_the_same_events_and_artifacts(tiny_llama, tmp_path):
+    """In its own process: importing Unsloth patches transformers and TRL process-wide."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("unsloth") is None:
+        pytest.skip("unsloth is not installed (make unsloth)")
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"},
+                                                       {"role": "assistant", "content": f"Hello {i}."}]})
+                              for i in range(8)))
+    script = (f"from backpropagate_core.train import Trainer\n"
+              f"r = Trainer({str(tiny_llama)!r}, backend='unsloth', report_to='none')"
+              f".train({str(data)!r}, steps=2, val_fraction=0.0, save_steps=2)\n"
+              f"print('RESULT', r.status, r.steps, r.adapter_path)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "UNSLOTH_DISABLE_STATISTICS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, steps, adapter = proc.stdout.split("RESULT ")[-1].split()
+    assert status == "completed" and steps == "2"
+    assert (tmp_path / adapter / "adapter_model.safetensors").is_file()
+    events = (tmp_path / adapter).parent / "events.jsonl"
+    kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]
+    assert kinds.count("step") == 2 and "checkpoint" in kinds and kinds[-1] == "finished"
+    assert any("backend unsloth" in json.loads(line).get("message", "")
+               for line in events.read_text().splitlines())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from backpropagate_core.runs import RunStore
@@ -63,6 +64,9 @@ def test_export_q4_k_m_verified_with_ollama_command_then_chat(page, server, fini
         page.get_by_test_id("export-start").click()
 
         expect(page.get_by_test_id("export-stage").first).to_be_visible(timeout=60_000)
+        with contextlib.suppress(PlaywrightTimeout):  # the stages can pass quicker than a poll
+            page.locator("[data-testid=export-stage][data-status=active]").first.wait_for(timeout=30_000)
+            screenshot(page, "export-progress")
         expect(page.get_by_test_id("export-verified")).to_have_text("verified", timeout=EXPORT_TIMEOUT_MS)
         checks = page.get_by_test_id("export-checks")
         for label in ("Max logit difference", "Top-1 agreement", "Tokenization", "Greedy continuation"):

@@ -1,0 +1,554 @@
+"""Multi-Run: configure a campaign (several LoRA runs over successive chunks of a dataset,
+merged with SLAO or trained sequentially), start and stop it, watch each run go through
+training and merging, see how much earlier chunks were forgotten, and compare two
+finished campaigns.
+
+Two States, as on the Train page: `MultiRunState` holds the form and the comparison,
+`CampaignRun` the campaign being watched, so that its live updates re-render only the
+campaign panels (the browser shares the CPU with training). The run store is the truth:
+the watched campaign is read from it every poll, so a reload, a second tab or a campaign
+started from the CLI all show the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import reflex as rx
+
+from backpropagate_app import components as ui
+from backpropagate_app import engine, limits
+from backpropagate_app import multirun_view as view
+from backpropagate_app.display import error_view, unexpected_error
+from backpropagate_app.live import POLL_S, RECHECK_S, REFRESH_S, RunView, event_log, outcome, progress_block, read_run
+from backpropagate_app.shell import Page, ShellState, layout
+from backpropagate_core import worker
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.multirun import KIND
+
+LIST_POLL_S = 2.0
+"""How often the campaign pickers are refreshed from the store."""
+
+
+# ---- engine side (blocking; called through asyncio.to_thread) --------------------------------------
+
+def campaign_to_show(current: str, pinned: bool) -> str:
+    """The campaign someone picked (`pinned`), else the newest active campaign (started
+    here, in another tab or from the CLI), else the one shown, else the newest."""
+    store = engine.store()
+    if pinned and current:
+        try:
+            return store.get(current).id
+        except BackpropError:
+            return current
+    runs = store.list(kind=KIND, limit=50)
+    active = [r for r in runs if r.active]
+    if active:
+        return active[0].id
+    return current or (runs[0].id if runs else "")
+
+
+def list_campaigns() -> list[dict[str, str]]:
+    return [view.campaign_option(r.to_dict()) for r in engine.store().list(kind=KIND, limit=100)]
+
+
+def launch(model: str, data: str, name: str, options: dict[str, Any], fresh: bool) -> str:
+    """Start a campaign's worker; returns its run id."""
+    data = engine.workspace_path(data)
+    limits.allow("start")  # a campaign is a process training on this machine, like a run
+    return worker.start_multi_run(model, data, name=name or None, fresh=fresh,
+                                  home=engine.settings().home, **options)
+
+
+def read_comparison(a: str, b: str) -> dict:
+    store = engine.store()
+    runs = [store.get(run_id) for run_id in (a, b)]
+    steps = [[e for _, e in store.events(r.id, types=("step",))] for r in runs]
+    return view.comparison(runs[0].to_dict(), runs[1].to_dict(), *steps)
+
+
+# ---- states -------------------------------------------------------------------------------------
+
+class CampaignRun(RunView, rx.State):
+    """The campaign the page shows, followed live from the store."""
+
+    pinned: bool = False
+    markers: list[dict[str, Any]] = []
+    timeline: list[dict[str, str]] = []
+    heat: list[dict[str, str]] = []
+    heat_columns: str = "1"
+    avg_forgetting: str = view.DASH
+    forgetting_note: str = ""
+    merge_mode: str = ""
+    runs_done: str = ""
+
+    @rx.event
+    def load(self):
+        wanted = self.router.url.query_parameters.get("run", "")
+        if wanted:
+            self.run_id, self.pinned = wanted, True
+        return CampaignRun.follow
+
+    @rx.event
+    def pick(self, run_id: str):
+        self.run_id, self.pinned = run_id, True
+
+    @rx.event(background=True)
+    async def follow(self):
+        """Poll the store for the campaign shown until the page's load chain is cancelled;
+        the lock is taken only to publish a changed view and, every few seconds, to notice
+        a campaign the page itself picked."""
+        tail: view.CampaignTail | None = None
+        shown: dict | None = None
+        refreshed = checked = time.monotonic()
+        async with self:
+            current, pinned = self.run_id, self.pinned
+        while True:
+            try:
+                wanted = await asyncio.to_thread(campaign_to_show, current, pinned)
+                if tail is None or tail.run_id != wanted:
+                    tail, shown = view.CampaignTail(wanted), None
+                run, fresh = (await asyncio.to_thread(read_run, wanted, tail)) if wanted else (None, False)
+                if run is None:
+                    now = view.EMPTY_CAMPAIGN_VIEW | {"run_id": wanted}
+                elif fresh or shown is None or time.monotonic() - refreshed > REFRESH_S:
+                    now, refreshed = tail.view(run), time.monotonic()
+                else:
+                    now = shown
+            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge: show, keep polling
+                now = (shown or view.EMPTY_CAMPAIGN_VIEW) | {"error": unexpected_error(exc)}
+            if now != shown or time.monotonic() - checked > RECHECK_S:
+                async with self:
+                    if (self.run_id, self.pinned) != (current, pinned):
+                        current, pinned, shown = self.run_id, self.pinned, None  # picked here: follow it next poll
+                    else:
+                        self._show(now, shown)
+                        current, shown = now["run_id"], now
+                checked = time.monotonic()
+            await asyncio.sleep(POLL_S)
+
+
+class MultiRunState(rx.State):
+    """The form (model, dataset, campaign settings; Start, Stop, Resume) and the comparison."""
+
+    presets: list[dict[str, str]] = []
+    model_choice: str = ""
+    custom_model: str = ""
+    datasets: list[dict[str, str]] = []
+    dataset_path: str = ""
+    run_name: str = ""
+    form: dict[str, str] = {}
+    fresh: bool = False
+    start_error: dict[str, str] = {}
+    starting: bool = False
+    stopping: bool = False
+    campaigns: list[dict[str, str]] = []
+    compare_a: str = ""
+    compare_b: str = ""
+    cmp: dict[str, dict[str, str]] = {"a": {}, "b": {}}
+    cmp_rows: list[dict[str, str]] = []
+    cmp_points: list[dict[str, Any]] = []
+    cmp_error: dict[str, str] = {}
+
+    @rx.event
+    def load(self):
+        self.presets = engine.preset_options()
+        self.datasets = engine.workspace_files()
+        if not self.model_choice:
+            model = engine.default_model()
+            names = {p["value"] for p in self.presets}
+            self.model_choice = model if model in names else engine.CUSTOM_MODEL
+            self.custom_model = "" if model in names else model
+        if not self.dataset_path and self.datasets:
+            self.dataset_path = self.datasets[0]["path"]
+        if not self.form:
+            self.form = view.default_form()
+        return MultiRunState.watch_list
+
+    @rx.var
+    def finished(self) -> list[dict[str, str]]:
+        return [c for c in self.campaigns if c["status"] == "completed"]
+
+    @rx.event(background=True)
+    async def watch_list(self):
+        """Keep the campaign pickers current; on the first read, preselect two finished
+        campaigns to compare."""
+        shown = None
+        while True:
+            try:
+                found = await asyncio.to_thread(list_campaigns)
+            except Exception:  # noqa: BLE001 - the UI task's outer edge: keep the last list
+                found = shown
+            if found is not None and found != shown:
+                async with self:
+                    self.campaigns = found
+                    pick = not (self.compare_a and self.compare_b)
+                    if pick:
+                        self.compare_a, self.compare_b = view.default_pair(
+                            [c for c in found if c["status"] == "completed"])
+                if pick:
+                    await self._compare()
+                shown = found
+            await asyncio.sleep(LIST_POLL_S)
+
+    @rx.event
+    def set_model_choice(self, value: str):
+        self.model_choice = value
+
+    @rx.event
+    def set_custom_model(self, value: str):
+        self.custom_model = value
+
+    @rx.event
+    def set_dataset(self, value: str):
+        self.dataset_path = value
+
+    @rx.event
+    def set_run_name(self, value: str):
+        self.run_name = value
+
+    @rx.event
+    def set_field(self, key: str, value: str):
+        self.form = {**self.form, key: value}
+
+    @rx.event
+    def set_fresh(self, value: bool):
+        self.fresh = value
+
+    @rx.event(background=True)
+    async def start(self):
+        async with self:
+            if self.starting or (await self.get_state(CampaignRun)).active:
+                return
+            self.starting, self.start_error = True, {}
+            form, name, data, fresh = dict(self.form), self.run_name, self.dataset_path, self.fresh
+            choice, custom = self.model_choice, self.custom_model
+        try:
+            model = engine.model_spec(choice, custom)
+            if not data:
+                raise BackpropError("INPUT_DATASET_NOT_FOUND", "no dataset chosen",
+                                    hint="Pick a dataset, or upload one on the Dataset page.")
+            options = view.campaign_options(form)
+            run_id = await asyncio.to_thread(launch, model, data, name, options, fresh)
+            error = {}
+        except BackpropError as err:
+            run_id, error = "", error_view(err)
+        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
+            run_id, error = "", unexpected_error(exc)
+        async with self:
+            self.starting, self.start_error = False, error
+            if run_id:
+                run = await self.get_state(CampaignRun)
+                run.pinned = False
+                run._show(view.EMPTY_CAMPAIGN_VIEW | {"run_id": run_id, "status": "queued", "active": True,
+                                                      "name": name or run_id[:8]}, None)
+
+    @rx.event(background=True)
+    async def stop(self):
+        async with self:
+            run_id, self.stopping = (await self.get_state(CampaignRun)).run_id, True
+        try:
+            await asyncio.to_thread(engine.cancel_run, run_id)
+        except BackpropError as err:
+            async with self:
+                self.start_error = error_view(err)
+        # The button stays in "Stopping…" until the store says the campaign ended.
+        while True:
+            await asyncio.sleep(0.5)
+            async with self:
+                run = await self.get_state(CampaignRun)
+                if not run.active or run.run_id != run_id:
+                    self.stopping = False
+                    return
+
+    @rx.event(background=True)
+    async def resume(self):
+        async with self:
+            run_id = (await self.get_state(CampaignRun)).run_id
+            self.start_error = {}
+        try:
+            await asyncio.to_thread(engine.resume_run, run_id)
+        except BackpropError as err:
+            async with self:
+                self.start_error = error_view(err)
+
+    @rx.event(background=True)
+    async def set_compare_a(self, value: str):
+        async with self:
+            self.compare_a = value
+        await self._compare()
+
+    @rx.event(background=True)
+    async def set_compare_b(self, value: str):
+        async with self:
+            self.compare_b = value
+        await self._compare()
+
+    async def _compare(self) -> None:
+        async with self:
+            a, b = self.compare_a, self.compare_b
+        result, error = view.EMPTY_COMPARISON, {}
+        if a and b:
+            try:
+                result = await asyncio.to_thread(read_comparison, a, b)
+            except BackpropError as err:
+                error = error_view(err)
+            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
+                error = unexpected_error(exc)
+        async with self:
+            if (self.compare_a, self.compare_b) == (a, b):
+                self.cmp = {"a": result["a"], "b": result["b"]}
+                self.cmp_rows, self.cmp_points, self.cmp_error = result["rows"], result["points"], error
+
+
+# ---- layout -------------------------------------------------------------------------------------
+
+S, C = MultiRunState, CampaignRun
+
+
+def labelled(label: str, control: rx.Component, caption: str) -> rx.Component:
+    return rx.vstack(rx.text(label, size="2", weight="bold"), control,
+                     rx.text(caption, size="1", color_scheme="gray"), spacing="1", width="100%")
+
+
+def picker(items, value, on_change, test_id: str, placeholder: str = "", disabled=False,
+           key: str = "value") -> rx.Component:
+    return rx.select.root(
+        rx.select.trigger(placeholder=placeholder, width="100%", data_testid=test_id),
+        rx.select.content(rx.foreach(items, lambda o: rx.select.item(o["label"], value=o[key]))),
+        value=value, on_change=on_change, disabled=disabled,
+    )
+
+
+def model_field() -> rx.Component:
+    return rx.vstack(
+        rx.text("Model", size="2", weight="bold"),
+        rx.select.root(
+            rx.select.trigger(width="100%", data_testid="model-select"),
+            rx.select.content(
+                rx.foreach(S.presets, lambda p: rx.select.item(p["label"], value=p["value"])),
+                rx.select.separator(),
+                rx.select.item("Custom: hub id or local folder…", value=engine.CUSTOM_MODEL),
+            ),
+            value=S.model_choice, on_change=S.set_model_choice, disabled=C.active,
+        ),
+        rx.cond(S.model_choice == engine.CUSTOM_MODEL,
+                rx.input(placeholder="org/model-name or /path/to/model", value=S.custom_model,
+                         on_change=S.set_custom_model, width="100%", data_testid="custom-model")),
+        rx.text("Loaded once; every run trains the same LoRA adapter on it.", size="1", color_scheme="gray"),
+        spacing="1", width="100%",
+    )
+
+
+def dataset_field() -> rx.Component:
+    return rx.vstack(
+        rx.hstack(rx.text("Dataset", size="2", weight="bold"), rx.spacer(),
+                  rx.link("Upload or inspect", href="/dataset", size="1")),
+        picker(S.datasets, S.dataset_path, S.set_dataset, "dataset-select", "Pick a dataset", C.active, key="path"),
+        rx.text("Run i trains on the i-th block of samples, in file order.", size="1", color_scheme="gray"),
+        spacing="1", width="100%",
+    )
+
+
+def number_field(key: str, label: str) -> rx.Component:
+    return labelled(label, rx.input(value=S.form[key], on_change=lambda v: S.set_field(key, v),
+                                    disabled=C.active, width="100%", data_testid=f"field-{key}"),
+                    view.CAPTIONS[key])
+
+
+def setup_card() -> rx.Component:
+    return ui.card(
+        rx.grid(model_field(), dataset_field(), columns=rx.breakpoints(initial="1", md="2"), spacing="4",
+                width="100%"),
+        rx.grid(
+            *[number_field(key, label) for key, label, _type in view.FORM_FIELDS],
+            labelled("Merge mode", picker(view.MERGE_MODES, S.form["merge_mode"],
+                                          lambda v: S.set_field("merge_mode", v), "merge-mode", disabled=C.active),
+                     view.CAPTIONS["merge_mode"]),
+            labelled("λ schedule", picker(view.SCHEDULES, S.form["schedule"], lambda v: S.set_field("schedule", v),
+                                          "schedule", disabled=C.active | (S.form["merge_mode"] != "slao")),
+                     view.CAPTIONS["schedule"]),
+            columns=rx.breakpoints(initial="1", sm="2", lg="3"), spacing="4", width="100%",
+        ),
+        rx.hstack(
+            rx.vstack(rx.text("Campaign name (optional)", size="2", weight="bold"),
+                      rx.input(value=S.run_name, on_change=S.set_run_name, placeholder="my-campaign",
+                               disabled=C.active, data_testid="run-name"), spacing="1"),
+            rx.checkbox("Start over even if an unfinished campaign with these settings exists", checked=S.fresh,
+                        on_change=S.set_fresh, disabled=C.active, size="1"),
+            align="end", spacing="5", wrap="wrap",
+        ),
+        ui.error_callout(S.start_error, test_id="start-error"),
+        rx.hstack(
+            rx.button(rx.icon("play"), "Start campaign", on_click=S.start, size="3", loading=S.starting,
+                      disabled=C.active, data_testid="start"),
+            rx.button(rx.icon("square"), rx.cond(S.stopping, "Stopping…", "Stop"), on_click=S.stop, size="3",
+                      color_scheme="red", variant="soft", disabled=~C.active | S.stopping, data_testid="stop"),
+            rx.cond(C.resumable, rx.button(rx.icon("rotate-ccw"), "Resume", on_click=S.resume, size="3",
+                                           variant="soft", data_testid="resume")),
+            spacing="3",
+        ),
+        title="Set up a campaign",
+    )
+
+
+def run_segment(r) -> rx.Component:
+    return rx.box(
+        rx.vstack(
+            rx.hstack(rx.text("Run ", r["index"], size="2", weight="bold"), rx.spacer(),
+                      rx.badge(r["state"], color_scheme=r["color"], variant="soft", data_testid="run-state"),
+                      width="100%", align="center"),
+            rx.text(r["steps"], size="1", color_scheme="gray"),
+            rx.text(r["lam"], " ", r["loss"], size="1"),
+            spacing="1", width="100%",
+        ),
+        flex="1", min_width="9em", padding="0.6em", border_radius="var(--radius-3)",
+        border=f"1px solid {rx.color('gray', 5)}",
+        border_top=rx.match(r["color"], *[(c, f"4px solid {rx.color(c, 9)}") for c in view.STATE_COLORS.values()],
+                            f"4px solid {rx.color('gray', 9)}"),
+        data_testid="timeline-run", data_state=r["state"],
+    )
+
+
+def campaign_chart() -> rx.Component:
+    """The loss across the whole campaign, a dashed line and a dot at every merge."""
+    marker = lambda m: rx.recharts.reference_line(  # noqa: E731
+        x=m["step"], stroke=rx.color("violet", 9), stroke_dasharray="4 4", label=m["label"], if_overflow="extendDomain")
+    return rx.box(
+        rx.recharts.line_chart(
+            rx.recharts.cartesian_grid(stroke_dasharray="3 3"),
+            rx.foreach(C.markers, marker),
+            rx.recharts.line(data_key="loss", name="train loss", stroke=rx.color("accent", 9), dot=False,
+                             is_animation_active=False, type_="monotone"),
+            rx.recharts.line(data_key="merge", name="merge point", stroke=rx.color("violet", 9), stroke_width=0,
+                             dot={"r": 4, "fill": rx.color("violet", 9)}, legend_type="circle",
+                             is_animation_active=False),
+            rx.recharts.x_axis(data_key="step", type_="number", domain=["dataMin", "dataMax"], allow_decimals=False),
+            rx.recharts.y_axis(domain=["auto", "auto"], width=60),
+            rx.recharts.tooltip(),
+            rx.recharts.legend(),
+            data=C.points, width="100%", height=300,
+        ),
+        width="100%", data_testid="campaign-chart", data_points=C.points.length(),
+        data_markers=C.markers.length(),
+    )
+
+
+def campaign_card() -> rx.Component:
+    return ui.card(
+        rx.hstack(
+            rx.heading(rx.cond(C.active, "Training ", "Campaign "), size="4"),
+            rx.link(C.name, href="/runs/" + C.run_id, size="4", data_testid="run-link"),
+            rx.badge(C.merge_mode, variant="outline", data_testid="campaign-mode"),
+            rx.text(C.runs_done, size="1", color_scheme="gray", data_testid="runs-done"),
+            rx.spacer(),
+            rx.box(picker(S.campaigns, C.run_id, C.pick, "campaign-select", "Show another campaign"),
+                   min_width="18em"),
+            align="center", spacing="2", wrap="wrap", width="100%",
+        ),
+        progress_block(C),
+        rx.flex(rx.foreach(C.timeline, run_segment), spacing="2", wrap="wrap", width="100%",
+                data_testid="timeline"),
+        campaign_chart(),
+        outcome(C),
+    )
+
+
+def heat_cell(c) -> rx.Component:
+    return rx.box(
+        rx.text(c["text"], size="2", weight=rx.cond(c["kind"] == "head", "bold", "regular"),
+                font_family=rx.cond((c["kind"] == "loss") | (c["kind"] == "delta"), "monospace", "inherit"),
+                color=rx.cond(c["kind"] == "head", rx.color("gray", 11), "#1a1a1a")),
+        background=c["background"], padding="0.5em 0.75em", border_radius="var(--radius-2)",
+        text_align=rx.cond(c["kind"] == "head", "left", "center"), title=c["title"],
+        data_testid=rx.cond((c["kind"] == "loss") | (c["kind"] == "delta"), "heat-" + c["kind"], "heat-head"),
+    )
+
+
+def forgetting_card() -> rx.Component:
+    return ui.card(
+        rx.hstack(
+            ui.stat("Average forgetting", C.avg_forgetting, "avg-forgetting"),
+            rx.text(C.forgetting_note, size="2", color_scheme="gray", max_width="40em"),
+            align="center", spacing="5", wrap="wrap",
+        ),
+        rx.cond(
+            C.heat.length() > 0,
+            rx.scroll_area(
+                rx.grid(rx.foreach(C.heat, heat_cell), columns=C.heat_columns, spacing="1",
+                        data_testid="heatmap", width="fit-content"),
+                type="auto", scrollbars="horizontal"),
+            ui.empty_note("The heat-map fills in as runs finish: after every run, the adapter is evaluated on "
+                          "the held-out validation slice of every chunk seen so far."),
+        ),
+        rx.text("Cells: validation loss on each chunk's held-out examples (never trained on) after each run; "
+                "green is the lowest loss in the table, red the highest. The last row is how far each "
+                "earlier chunk's loss rose since the run that trained on it.", size="1", color_scheme="gray"),
+        title="Forgetting",
+    )
+
+
+def compare_card() -> rx.Component:
+    side = lambda key, label: rx.vstack(  # noqa: E731
+        rx.text(label, size="1", color_scheme="gray"),
+        rx.text(S.cmp[key]["name"], weight="bold"),
+        rx.badge(S.cmp[key]["mode"], variant="outline"),
+        ui.stat("Average forgetting", S.cmp[key]["avg"], f"cmp-avg-{key}"),
+        spacing="1",
+    )
+    row = lambda r: rx.table.row(  # noqa: E731
+        rx.table.cell(r["chunk"]),
+        rx.table.cell(rx.text(r["a"], weight=rx.cond(r["better"] == "a", "bold", "regular"),
+                              color_scheme=rx.cond(r["better"] == "a", "green", "gray"))),
+        rx.table.cell(rx.text(r["b"], weight=rx.cond(r["better"] == "b", "bold", "regular"),
+                              color_scheme=rx.cond(r["better"] == "b", "green", "gray"))),
+        data_testid="cmp-row",
+    )
+    return ui.card(
+        rx.text("Two finished campaigns side by side, e.g. slao and sequential on the same data with the same "
+                "settings: lower forgetting and lower final validation loss are better.", size="2"),
+        rx.grid(picker(S.finished, S.compare_a, S.set_compare_a, "compare-a", "Campaign A"),
+                picker(S.finished, S.compare_b, S.set_compare_b, "compare-b", "Campaign B"),
+                columns="2", spacing="4", width="100%"),
+        ui.error_callout(S.cmp_error, test_id="compare-error"),
+        rx.cond(
+            S.cmp_rows.length() > 0,
+            rx.vstack(
+                rx.grid(side("a", "A"), side("b", "B"), columns="2", spacing="4", width="100%"),
+                rx.table.root(
+                    rx.table.header(rx.table.row(rx.table.column_header_cell("Final validation loss"),
+                                                 rx.table.column_header_cell("A"), rx.table.column_header_cell("B"))),
+                    rx.table.body(rx.foreach(S.cmp_rows, row)),
+                    size="1", width="100%", data_testid="compare-table"),
+                rx.recharts.line_chart(
+                    rx.recharts.cartesian_grid(stroke_dasharray="3 3"),
+                    rx.recharts.line(data_key="a", name="A", stroke=rx.color("accent", 9), dot=False,
+                                     is_animation_active=False, connect_nulls=True),
+                    rx.recharts.line(data_key="b", name="B", stroke=rx.color("orange", 9), dot=False,
+                                     is_animation_active=False, connect_nulls=True),
+                    rx.recharts.x_axis(data_key="step", type_="number", domain=["dataMin", "dataMax"]),
+                    rx.recharts.y_axis(domain=["auto", "auto"], width=60),
+                    rx.recharts.tooltip(), rx.recharts.legend(),
+                    data=S.cmp_points, width="100%", height=260),
+                spacing="3", width="100%", data_testid="comparison",
+            ),
+            ui.empty_note("Finish two campaigns to compare them here."),
+        ),
+        title="Compare campaigns",
+    )
+
+
+def multirun_page() -> rx.Component:
+    return layout(
+        "/multi-run", "Multi-Run",
+        setup_card(),
+        rx.cond(C.run_id != "",
+                rx.vstack(campaign_card(), forgetting_card(), event_log(C), spacing="4", width="100%"),
+                ui.card(ui.empty_note("No campaigns yet: pick a model and a dataset, then press Start campaign."))),
+        compare_card(),
+    )
+
+
+PAGE = Page("/multi-run", "Multi-Run", multirun_page, [ShellState.watch, MultiRunState.load, CampaignRun.load])
