@@ -16,7 +16,7 @@ from backpropagate_core.errors import BackpropError
 
 MAX_CHART_POINTS = 400
 """Charts get at most this many points; longer runs are thinned evenly (last point kept)."""
-LOG_LINES = 200
+LOG_LINES = 100
 RESUMABLE = ("interrupted", "cancelled", "failed")
 STATUS_COLORS = {"queued": "gray", "running": "blue", "completed": "green", "failed": "red",
                  "cancelled": "orange", "interrupted": "amber"}

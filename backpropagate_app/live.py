@@ -23,6 +23,9 @@ POLL_S = 0.3
 """How often an open page reads the store; a step event shows within about this long."""
 REFRESH_S = 1.0
 """Unchanged runs still refresh this often, so elapsed time keeps ticking."""
+MIN_PUBLISH_S = 0.5
+"""Fastest a panel re-renders: every update costs the browser, which on a small machine
+shares the CPU with the training it shows. Latency stays well under a second."""
 RECHECK_S = 2.0
 """How often the loop looks at the State for a run the page itself picked."""
 
@@ -78,7 +81,8 @@ class RunView(rx.State, mixin=True):
         """
         tail: RunTail | None = None
         shown: dict | None = None
-        refreshed = checked = time.monotonic()
+        pending = False  # events folded into the tail that no published view has shown
+        refreshed = checked = published = time.monotonic()
         async with self:
             current = self.run_id
         while True:
@@ -87,23 +91,29 @@ class RunView(rx.State, mixin=True):
                 if tail is None or tail.run_id != wanted:
                     tail, shown = RunTail(wanted), None
                 run, fresh = (await asyncio.to_thread(read_run, wanted, tail)) if wanted else (None, False)
+                pending = pending or fresh
                 if run is None:
                     view = EMPTY_RUN_VIEW | {"run_id": wanted}
-                elif fresh or shown is None or time.monotonic() - refreshed > REFRESH_S:
+                elif pending or shown is None or time.monotonic() - refreshed > REFRESH_S:
                     view, refreshed = tail.view(run), time.monotonic()
                 else:
                     view = shown
             except Exception as exc:  # noqa: BLE001 - the UI task's outer edge: show, keep polling
                 view = (shown or EMPTY_RUN_VIEW) | {"error": unexpected_error(exc)}
-            recheck = time.monotonic() - checked > RECHECK_S
-            if view != shown or recheck:
+            now = time.monotonic()
+            if view != shown or now - checked > RECHECK_S:
+                wait = MIN_PUBLISH_S - (now - published)
+                if wait > 0 and shown is not None:
+                    await asyncio.sleep(wait)
+                    continue  # read once more and publish the newest
                 async with self:
                     if self.run_id != current:
                         current, shown = self.run_id, None  # the page chose a run: follow it next poll
                     else:
                         self._show(view, shown)
                         current, shown = view["run_id"], view
-                checked = time.monotonic()
+                pending = False
+                published = checked = time.monotonic()
             await asyncio.sleep(POLL_S)
 
 

@@ -203,7 +203,8 @@ _LOG_TEXT = {
                                        + (f" + {e['replay_examples']} replayed" if e.get("replay_examples") else "")),
     "merge": lambda e: (f"merged after run {e.get('run_index')} · λ {e['lam']:.3f}" if e.get("lam") is not None
                         else f"run {e.get('run_index')} kept as it is ({e.get('mode')})"),
-    "forgetting": lambda e: (f"validation loss per chunk after run {e.get('run_index')}: {_losses(e.get('losses') or [])}"
+    "forgetting": lambda e: (f"validation loss per chunk after run {e.get('run_index')}: "
+                             f"{_losses(e.get('losses') or [])}"
                              + (f" · avg forgetting {e['avg_forgetting']:+.4f}"
                                 if e.get("avg_forgetting") is not None else "")),
 }
@@ -224,6 +225,7 @@ class CampaignTail(RunTail):
 
     def view(self, run: dict) -> dict:
         summary, n, _steps = _campaign(run)
+        settings = (run.get("config") or {}).get("campaign") or {}
         matrix = summary.get("forgetting") or []
         figure, note = forgetting_figure(summary.get("avg_forgetting"))
         markers = merge_markers(summary)
@@ -237,7 +239,7 @@ class CampaignTail(RunTail):
             "heat_columns": str(len(matrix[0]) + 1 if matrix else 1),
             "avg_forgetting": figure,
             "forgetting_note": note,
-            "merge_mode": summary.get("merge_mode") or ((run.get("config") or {}).get("campaign") or {}).get("merge_mode", ""),
+            "merge_mode": summary.get("merge_mode") or settings.get("merge_mode", ""),
             "runs_done": f"{done} of {n} runs done" if n else "",
         }
 

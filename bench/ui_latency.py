@@ -80,8 +80,9 @@ def measure_latency(page, server, samples: int) -> dict:
 
 
 class CpuMeter:
-    """CPU seconds used by the UI side: the server's process tree and this process's
-    chromium processes (the training worker runs in a session of its own, not counted)."""
+    """CPU seconds per second used by the UI side: the server's process tree without the
+    training workers it launched, and this process's chromium processes. Per-process
+    deltas, so processes that come or go do not skew it."""
 
     def __init__(self, server) -> None:
         import psutil
@@ -89,27 +90,39 @@ class CpuMeter:
         self.psutil = psutil
         self.server = psutil.Process(server.proc.pid)
 
-    def _procs(self):
-        me = self.psutil.Process()
-        chromium = [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]
-        return [self.server, *self.server.children(recursive=True), *chromium]
+    def _is_worker(self, proc) -> bool:
+        """Training workers the server launched are its children too; they are the work
+        being measured, not the UI."""
+        try:
+            chain = [proc, *proc.parents()]
+            return any("backpropagate_core.worker" in " ".join(p.cmdline()) for p in chain)
+        except self.psutil.Error:
+            return True
 
-    def seconds(self) -> float:
-        total = 0.0
-        for proc in self._procs():
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except self.psutil.Error:
-                pass
-        return total
+    def _sample(self) -> dict[str, dict[int, float]]:
+        me = self.psutil.Process()
+        groups = {"server": [p for p in [self.server, *self.server.children(recursive=True)]
+                             if not self._is_worker(p)],
+                  "chromium": [p for p in me.children(recursive=True) if "chrom" in p.name().lower()]}
+        out: dict[str, dict[int, float]] = {}
+        for name, procs in groups.items():
+            out[name] = {}
+            for proc in procs:
+                try:
+                    times = proc.cpu_times()
+                    out[name][proc.pid] = times.user + times.system
+                except self.psutil.Error:
+                    pass
+        return out
 
     def __enter__(self) -> "CpuMeter":
-        self.start_cpu, self.start_wall = self.seconds(), time.monotonic()
+        self.start, self.start_wall = self._sample(), time.monotonic()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cores = (self.seconds() - self.start_cpu) / (time.monotonic() - self.start_wall)
+        end, wall = self._sample(), time.monotonic() - self.start_wall
+        self.cores = {name: round(sum(t - self.start[name].get(pid, 0.0) for pid, t in end[name].items()) / wall, 3)
+                      for name in end}
 
 
 def run_headless(server, steps: int) -> tuple[float, float]:
@@ -129,6 +142,9 @@ def run_from_ui(browser, server, steps: int) -> tuple[float, float]:
     page = context.new_page()
     page.goto("/train")
     page.get_by_test_id("custom-model").fill(str(server.model))
+    # Like a person, read the planned settings first: the plan is its own engine process,
+    # and starting while it still runs would bill its CPU time to the training run.
+    page.get_by_test_id("reason-learning_rate").filter(has_text="LoRA rate").wait_for(timeout=300_000)
     page.get_by_test_id("field-steps").fill(str(steps))
     page.get_by_test_id("run-name").fill("from-ui")
     with CpuMeter(server) as meter:
@@ -191,8 +207,8 @@ def main() -> int:
                 headless.append(tokens), idle_cores.append(cores)
                 tokens, cores = run_from_ui(browser, server, args.steps)
                 ui.append(tokens), ui_cores.append(cores)
-                print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s (idle UI server {idle_cores[-1]:.3f} cores), "
-                      f"UI {ui[-1]:.0f} tok/s (server + chromium {ui_cores[-1]:.3f} cores)", flush=True)
+                print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s (UI side idle: {idle_cores[-1]} cores), "
+                      f"UI {ui[-1]:.0f} tok/s (UI side watching: {ui_cores[-1]} cores)", flush=True)
             browser.close()
         ratio = statistics.median(ui) / statistics.median(headless)
         result = {"latency": latency, "tokens_per_s": {"headless": headless, "ui": ui},
@@ -200,8 +216,9 @@ def main() -> int:
                   "steps_per_run": args.steps, "loadavg_before": load_before,
                   "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}
         print(f"UI overhead ratio (UI / headless tokens/s, medians): {ratio:.3f}")
-        print(f"UI side while watching: {statistics.median(ui_cores):.3f} of {os.cpu_count()} cores "
-              f"(idle server: {statistics.median(idle_cores):.3f})")
+        for name in ("server", "chromium"):
+            print(f"{name} while watching: {statistics.median(c[name] for c in ui_cores):.3f} of "
+                  f"{os.cpu_count()} cores (idle: {statistics.median(c[name] for c in idle_cores):.3f})")
         print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))

@@ -135,7 +135,8 @@ def test_heatmap_cells_form_a_run_by_chunk_grid_with_a_forgetting_row():
     assert [c["text"] for c in cells[:4]] == ["", "chunk 1", "chunk 2", "chunk 3"]
     assert [c["text"] for c in cells[4:8]] == ["after run 1", "1.0000", "—", "—"]
     losses = [c for c in cells if c["kind"] == "loss"]
-    assert [c["text"] for c in losses if c["text"] != "—"] == ["1.0000", "1.2000", "0.8000", "1.3000", "0.9000", "0.6000"]
+    seen = ["1.0000", "1.2000", "0.8000", "1.3000", "0.9000", "0.6000"]
+    assert [c["text"] for c in losses if c["text"] != "—"] == seen
     by_text = {c["text"]: c["background"] for c in losses}
     assert hue(by_text["0.6000"]) == 130 and hue(by_text["1.3000"]) == 0
     # forgot: chunk 1 rose 0.3, chunk 2 rose 0.1, the last chunk has nothing to compare with
@@ -205,6 +206,10 @@ def test_page_shows_the_active_campaign_unless_one_was_picked(isolated_home):
     live = record_campaign(store, "live", finish=False)
     assert campaign_to_show(old, False) == live  # started elsewhere: follow it
     assert campaign_to_show(old[:8], True) == old  # picked (or in the URL) stays shown
+    store.update(live, status="completed")
+    assert campaign_to_show(old, False) == old
+    store.delete(old)
+    assert campaign_to_show(old, False) == live  # the one shown was deleted: the newest
 
 
 # ---- comparing two campaigns ------------------------------------------------------------------------

@@ -30,13 +30,17 @@ from backpropagate_core.multirun import KIND
 
 LIST_POLL_S = 2.0
 """How often the campaign pickers are refreshed from the store."""
+MIN_PUBLISH_S = 0.5
+"""Fastest the campaign panels re-render: each update costs the browser, which on a small
+machine shares the CPU with the training it shows."""
 
 
 # ---- engine side (blocking; called through asyncio.to_thread) --------------------------------------
 
 def campaign_to_show(current: str, pinned: bool) -> str:
     """The campaign someone picked (`pinned`), else the newest active campaign (started
-    here, in another tab or from the CLI), else the one shown, else the newest."""
+    here, in another tab or from the CLI), else the one shown if it still exists, else
+    the newest."""
     store = engine.store()
     if pinned and current:
         try:
@@ -47,7 +51,9 @@ def campaign_to_show(current: str, pinned: bool) -> str:
     active = [r for r in runs if r.active]
     if active:
         return active[0].id
-    return current or (runs[0].id if runs else "")
+    if any(r.id == current for r in runs):
+        return current
+    return runs[0].id if runs else ""
 
 
 def list_campaigns() -> list[dict[str, str]]:
@@ -102,7 +108,8 @@ class CampaignRun(RunView, rx.State):
         a campaign the page itself picked."""
         tail: view.CampaignTail | None = None
         shown: dict | None = None
-        refreshed = checked = time.monotonic()
+        pending = False  # events folded into the tail that no published view has shown
+        refreshed = checked = published = time.monotonic()
         async with self:
             current, pinned = self.run_id, self.pinned
         while True:
@@ -111,22 +118,28 @@ class CampaignRun(RunView, rx.State):
                 if tail is None or tail.run_id != wanted:
                     tail, shown = view.CampaignTail(wanted), None
                 run, fresh = (await asyncio.to_thread(read_run, wanted, tail)) if wanted else (None, False)
+                pending = pending or fresh
                 if run is None:
                     now = view.EMPTY_CAMPAIGN_VIEW | {"run_id": wanted}
-                elif fresh or shown is None or time.monotonic() - refreshed > REFRESH_S:
+                elif pending or shown is None or time.monotonic() - refreshed > REFRESH_S:
                     now, refreshed = tail.view(run), time.monotonic()
                 else:
                     now = shown
             except Exception as exc:  # noqa: BLE001 - the UI task's outer edge: show, keep polling
                 now = (shown or view.EMPTY_CAMPAIGN_VIEW) | {"error": unexpected_error(exc)}
-            if now != shown or time.monotonic() - checked > RECHECK_S:
+            clock = time.monotonic()
+            if now != shown or clock - checked > RECHECK_S:
+                if shown is not None and clock - published < MIN_PUBLISH_S:
+                    await asyncio.sleep(MIN_PUBLISH_S - (clock - published))
+                    continue  # read once more and publish the newest
                 async with self:
                     if (self.run_id, self.pinned) != (current, pinned):
                         current, pinned, shown = self.run_id, self.pinned, None  # picked here: follow it next poll
                     else:
                         self._show(now, shown)
                         current, shown = now["run_id"], now
-                checked = time.monotonic()
+                pending = False
+                published = checked = time.monotonic()
             await asyncio.sleep(POLL_S)
 
 
@@ -239,8 +252,10 @@ class MultiRunState(rx.State):
             run_id, error = "", unexpected_error(exc)
         async with self:
             self.starting, self.start_error = False, error
-            if run_id:
-                run = await self.get_state(CampaignRun)
+            run = await self.get_state(CampaignRun)
+            # The follower may have found the new campaign in the store already; then it
+            # shows it in full, and an empty view written over it here would stick.
+            if run_id and run.run_id != run_id:
                 run.pinned = False
                 run._show(view.EMPTY_CAMPAIGN_VIEW | {"run_id": run_id, "status": "queued", "active": True,
                                                       "name": name or run_id[:8]}, None)
@@ -415,7 +430,9 @@ def run_segment(r) -> rx.Component:
 def campaign_chart() -> rx.Component:
     """The loss across the whole campaign, a dashed line and a dot at every merge."""
     marker = lambda m: rx.recharts.reference_line(  # noqa: E731
-        x=m["step"], stroke=rx.color("violet", 9), stroke_dasharray="4 4", label=m["label"], if_overflow="extendDomain")
+        rx.recharts.label(value=m["label"], position="insideTopRight",
+                          custom_attrs={"fontSize": 11, "fill": rx.color("violet", 11)}),
+        x=m["step"], stroke=rx.color("violet", 9), stroke_dasharray="4 4", if_overflow="extendDomain")
     return rx.box(
         rx.recharts.line_chart(
             rx.recharts.cartesian_grid(stroke_dasharray="3 3"),
@@ -524,10 +541,10 @@ def compare_card() -> rx.Component:
                     size="1", width="100%", data_testid="compare-table"),
                 rx.recharts.line_chart(
                     rx.recharts.cartesian_grid(stroke_dasharray="3 3"),
-                    rx.recharts.line(data_key="a", name="A", stroke=rx.color("accent", 9), dot=False,
-                                     is_animation_active=False, connect_nulls=True),
-                    rx.recharts.line(data_key="b", name="B", stroke=rx.color("orange", 9), dot=False,
-                                     is_animation_active=False, connect_nulls=True),
+                    rx.recharts.line(data_key="a", name="A: " + S.cmp["a"]["name"], stroke=rx.color("accent", 9),
+                                     dot=False, is_animation_active=False, connect_nulls=True),
+                    rx.recharts.line(data_key="b", name="B: " + S.cmp["b"]["name"], stroke=rx.color("orange", 9),
+                                     dot=False, is_animation_active=False, connect_nulls=True),
                     rx.recharts.x_axis(data_key="step", type_="number", domain=["dataMin", "dataMax"]),
                     rx.recharts.y_axis(domain=["auto", "auto"], width=60),
                     rx.recharts.tooltip(), rx.recharts.legend(),

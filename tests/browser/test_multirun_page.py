@@ -84,6 +84,7 @@ def test_campaign_timeline_heatmap_and_comparison(page, server, tasks):
     assert re.fullmatch(r"[+-]\d+\.\d{4}", page.get_by_test_id("avg-forgetting").inner_text())
     assert page.get_by_test_id("avg-forgetting").inner_text() == f"{run.summary['avg_forgetting']:+.4f}"
     expect(page.get_by_test_id("event-log")).to_contain_text("merged after run 3")
+    expect(page.get_by_test_id("campaign-select")).to_contain_text("completed", timeout=10_000)
     page.evaluate("window.scrollTo(0, 0)")  # else the sticky header lands mid-screenshot
     screenshot(page, "multi-run")
 
@@ -105,5 +106,5 @@ def test_campaign_timeline_heatmap_and_comparison(page, server, tasks):
     expect(page.get_by_test_id("cmp-row")).to_have_count(3)
     expect(page.get_by_test_id("cmp-avg-b")).to_have_text(f"{run.summary['avg_forgetting']:+.4f}")
     expect(comparison.locator(".recharts-line")).to_have_count(2)
-    comparison.scroll_into_view_if_needed()
+    page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "multi-run-compare")
