@@ -38,10 +38,10 @@ def header_status(runs: list) -> dict[str, str]:
         return {"id": "", "label": "no runs yet", "status": ""}
     active = [r for r in runs if r.active]
     run = active[0] if active else runs[0]
+    # No step count here: the header would then re-render with every step, and the run
+    # panel already shows progress.
     name = run.name or run.id[:8]
-    progress = f" {run.step}/{run.total_steps}" if run.total_steps else ""
-    prefix = "" if active else "last run "
-    return {"id": run.id, "label": f"{prefix}{name}{progress}", "status": run.status}
+    return {"id": run.id, "label": name if active else f"last run {name}", "status": run.status}
 
 
 def read_header(reap: bool) -> dict[str, str]:

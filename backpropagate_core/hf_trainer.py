@@ -3,6 +3,10 @@
 `fit` runs one training job on pre-tokenized examples. Checkpoints are written to
 `checkpoint-N.partial/` and renamed to `checkpoint-N/` only when complete, with a
 `backpropagate.json` manifest, so a crash mid-save never leaves a folder that looks good.
+
+The step itself uses the levers in `speed` (padding-free rows with per-example attention,
+the loss on labelled positions only, fused AdamW); a CUDA out-of-memory error retries
+with a smaller batch (`oom`), and the GPU guard can pause between steps (`gpu`).
 """
 
 from __future__ import annotations

@@ -123,17 +123,26 @@ class Meter:
         return StepTimer()
 
 
-def eval_loss(model, rows: list[dict]) -> float:
-    """Mean next-token loss over every labelled token of the dataset, fp32, one example at a time."""
+def eval_loss(trained, rows: list[dict], work: "Work | None" = None) -> float:
+    """Mean next-token loss over every labelled token of the dataset, one example at a time,
+    with the trained adapter on the original fp32 base model (what a merge or export
+    uses), whatever dtype the variant trained its base weights in."""
     import torch
     import torch.nn.functional as F
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
+    from backpropagate_core.model import load_model
+
+    work = work or Work()
+    model = get_peft_model(load_model(work.model, dtype=torch.float32), lora_config(work))
+    adapter = {k: v.float() for k, v in get_peft_model_state_dict(trained).items()}
+    set_peft_model_state_dict(model, adapter)
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
         for row in rows:
-            ids = torch.tensor([row["input_ids"]], device=model.device)
-            labels = torch.tensor(row["labels"][1:], device=model.device)
+            ids = torch.tensor([row["input_ids"]])
+            labels = torch.tensor(row["labels"][1:])
             logits = model(input_ids=ids).logits[0, :-1].float()
             keep = labels != -100
             total += F.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
@@ -163,7 +172,7 @@ def variant_a(work: Work) -> dict:
                       data_collator=meter.wrap(DataCollatorForSeq2Seq(tokenizer, padding=True)),
                       callbacks=[meter.callback()])
     trainer.train()
-    return _result(meter, trainer.state.log_history, model, rows)
+    return _result(meter, trainer.state.log_history, model, rows, work)
 
 
 def variant_b(work: Work) -> dict:
@@ -182,7 +191,7 @@ def variant_b(work: Work) -> dict:
                          peft_config=lora_config(work), callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
     trainer.train()
-    return _result(meter, trainer.state.log_history, trainer.model, rows)
+    return _result(meter, trainer.state.log_history, trainer.model, rows, work)
 
 
 def variant_c(work: Work) -> dict:
@@ -210,7 +219,7 @@ def variant_c(work: Work) -> dict:
                          callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
     trainer.train()
-    return _result(meter, trainer.state.log_history, model, rows)
+    return _result(meter, trainer.state.log_history, model, rows, work)
 
 
 def variant_d(work: Work) -> dict:
@@ -237,14 +246,16 @@ def variant_d(work: Work) -> dict:
                   sink=lambda e: steps.append(e.loss) if isinstance(e, ev.Step) else None,
                   resume_from=None, cancel_flag=out_dir / "CANCEL")
     tokens = outcome.tokens_per_s or 0.0
-    return {"tok_s": tokens, "train_losses": steps, "eval_loss": eval_loss(model, rows),
-            "peak_rss_gb": _peak_rss_gb()}
+    peak = _peak_rss_gb()
+    return {"tok_s": tokens, "train_losses": steps, "eval_loss": eval_loss(model, rows, work),
+            "peak_rss_gb": peak}
 
 
-def _result(meter: Meter, log_history: list[dict], model, rows) -> dict:
+def _result(meter: Meter, log_history: list[dict], model, rows, work: Work) -> dict:
+    peak = _peak_rss_gb()  # before the evaluation model is loaded
     return {"tok_s": meter.tokens / meter.step_time if meter.step_time else 0.0,
-            "train_losses": _train_losses(log_history), "eval_loss": eval_loss(model, rows),
-            "peak_rss_gb": _peak_rss_gb()}
+            "train_losses": _train_losses(log_history), "eval_loss": eval_loss(model, rows, work),
+            "peak_rss_gb": peak}
 
 
 def _peak_rss_gb() -> float:

@@ -85,9 +85,9 @@ def test_header_prefers_the_active_run(isolated_home):
     assert header_status([]) == {"id": "", "label": "no runs yet", "status": ""}
     store = RunStore(isolated_home)
     done = record_run(store, "old", [2.0, 1.0])
-    assert read_header(reap=False) == {"id": done, "label": "last run old 2/2", "status": "completed"}
+    assert read_header(reap=False) == {"id": done, "label": "last run old", "status": "completed"}
     live = record_run(store, "live", [3.0], finish=False)
-    assert read_header(reap=False) == {"id": live, "label": "live 1/1", "status": "running"}
+    assert read_header(reap=False) == {"id": live, "label": "live", "status": "running"}
 
 
 def test_train_page_shows_the_active_run_else_the_one_shown(isolated_home):
