@@ -161,8 +161,9 @@ class TrainState(rx.State):
             run_id, error = "", unexpected_error(exc)
         async with self:
             self.starting, self.start_error = False, error
-            if run_id:
-                run = await self.get_state(TrainRun)
+            run = await self.get_state(TrainRun)
+            # The poller may already show this run in full; only a new run starts empty.
+            if run_id and run.run_id != run_id:
                 run._show(EMPTY_RUN_VIEW | {"run_id": run_id, "status": "queued", "active": True,
                                             "name": name or run_id[:8]}, None)
 

@@ -104,7 +104,10 @@ def serve(host: str, port: int, env: dict[str, str] | None = None) -> int:
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     console.print(f"Starting the backpropagate UI on [bold]{url}[/] (building the web app first)…",
                   highlight=False)
-    proc = subprocess.Popen(reflex_command(host, port), cwd=REPO_ROOT, env=env)
+    # On Windows the server gets its own process group, so the CTRL_BREAK_EVENT that
+    # stops it (below) does not also hit this console.
+    group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {}  # type: ignore[attr-defined]
+    proc = subprocess.Popen(reflex_command(host, port), cwd=REPO_ROOT, env=env, **group)
 
     def stop(*_args) -> None:
         raise KeyboardInterrupt
