@@ -58,11 +58,20 @@ def loss_chart(points: rx.Var, height: int = 280, test_id: str = "loss-chart") -
                                allow_decimals=False),
             rx.recharts.y_axis(domain=["auto", "auto"], width=60),
             rx.recharts.tooltip(),
-            rx.recharts.legend(),
             data=points, width="100%", height=height,
         ),
+        # A plain legend: recharts' own measures itself on every render, and the chart
+        # re-renders with every update.
+        rx.hstack(_legend_key("train loss", rx.color("accent", 9)),
+                  _legend_key("validation loss", rx.color("orange", 9)),
+                  justify="center", spacing="4", width="100%"),
         width="100%", data_testid=test_id, data_points=points.length(),
     )
+
+
+def _legend_key(label: str, color) -> rx.Component:
+    return rx.hstack(rx.box(width="1.2em", height="2px", background=color),
+                     rx.text(label, size="1", color=color), align="center", spacing="1")
 
 
 def spark(points: rx.Var) -> rx.Component:

@@ -92,6 +92,11 @@ def resolve_output_dir(path: str | os.PathLike, *, create: bool = False) -> Path
     for private in _HOME_PRIVATE:
         if _within(resolved, home / private) or _within(literal, Path.home() / private):
             raise _forbidden(f"is inside ~/{private}, which holds credentials or start-up files", raw)
+    # Kernel pseudo-filesystems are refused as written, whatever they point at
+    # (/proc/self/cwd resolves to wherever the server happens to run).
+    for pseudo in ("/proc", "/sys", "/dev"):
+        if _within(literal, Path(pseudo)):
+            raise _forbidden(f"is inside the system folder {pseudo}", raw)
     in_home = home.parent != home and _within(resolved, home)
     if not in_home and not _within(resolved, temp):
         for system in _POSIX_SYSTEM:

@@ -159,14 +159,16 @@ def _train_losses(log_history: list[dict]) -> list[float]:
 def variant_a(work: Work) -> dict:
     """What a user writes from the transformers + peft docs: fp32, padded batches."""
     from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     from backpropagate_core.model import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(work.model)
     rows = [{"input_ids": r["input_ids"], "attention_mask": [1] * len(r["input_ids"]), "labels": r["labels"]}
             for r in load_rows(work, tokenizer)]
-    model = get_peft_model(load_model(work.model), lora_config(work))
+    base = load_model(work.model)
+    set_seed(work.seed)  # every variant starts from the same LoRA initialisation
+    model = get_peft_model(base, lora_config(work))
     meter = Meter()
     trainer = Trainer(model=model, args=TrainingArguments(**common_args(work)), train_dataset=rows,
                       data_collator=meter.wrap(DataCollatorForSeq2Seq(tokenizer, padding=True)),
@@ -178,6 +180,7 @@ def variant_a(work: Work) -> dict:
 def variant_b(work: Work) -> dict:
     """TRL's SFTTrainer with its defaults, given the same tokenized rows and a LoRA config."""
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     from backpropagate_core.model import load_model, load_tokenizer
@@ -186,7 +189,9 @@ def variant_b(work: Work) -> dict:
     rows = load_rows(work, tokenizer)
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     meter = Meter()
-    trainer = SFTTrainer(model=load_model(work.model), processing_class=tokenizer, train_dataset=dataset,
+    base = load_model(work.model)
+    set_seed(work.seed)
+    trainer = SFTTrainer(model=base, processing_class=tokenizer, train_dataset=dataset,
                          args=SFTConfig(**common_args(work), max_length=work.seq_len),
                          peft_config=lora_config(work), callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
@@ -224,6 +229,8 @@ def variant_c(work: Work) -> dict:
 
 def variant_d(work: Work) -> dict:
     """backpropagate's training path, with the settings `backprop train` would resolve."""
+    from transformers import set_seed
+
     from backpropagate_core import events as ev
     from backpropagate_core.config import TrainingSettings
     from backpropagate_core.defaults import detect_hardware
@@ -234,8 +241,9 @@ def variant_d(work: Work) -> dict:
     precision = "bf16" if hw.bf16 else ("fp16" if hw.device == "cuda" else "fp32")
     tokenizer = load_tokenizer(work.model)
     rows = load_rows(work, tokenizer)
-    model = add_lora(load_model(work.model, dtype=weight_dtype(precision, hw.device)), work.r, work.alpha,
-                     0.0, TARGETS[work.targets])
+    base = load_model(work.model, dtype=weight_dtype(precision, hw.device))
+    set_seed(work.seed)
+    model = add_lora(base, work.r, work.alpha, 0.0, TARGETS[work.targets])
     t = TrainingSettings(steps=work.steps, batch_size=work.batch, grad_accum=work.accum,
                          learning_rate=work.lr, lr_scheduler="linear", warmup_ratio=0.0, seed=work.seed,
                          max_seq_len=work.seq_len, save_steps=10**6, val_fraction=0.0,

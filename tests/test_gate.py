@@ -1,6 +1,7 @@
 """The ASGI gate against a tiny ASGI app: no Reflex, no server, fast."""
 
 import asyncio
+import concurrent.futures
 import base64
 import time
 
@@ -15,6 +16,14 @@ from backpropagate_core.errors import BackpropError
 HOST = "127.0.0.1:7862"
 ORIGIN = "http://127.0.0.1:7862"
 PASSWORD = "correct horse battery"
+
+
+def run_async(coro):
+    """asyncio.run in a fresh thread: browser tests earlier in the session keep
+    Playwright's event loop running in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
 
 
 class TinyApp:
@@ -75,7 +84,7 @@ def request(gate, path="/", method="GET", headers=None, body=b"", client="10.0.0
     async def send(message):
         sent.append(message)
 
-    asyncio.run(gate(scope_for(path, method, headers, client=client, query=query), receive, send))
+    run_async(gate(scope_for(path, method, headers, client=client, query=query), receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     headers_out = {}
     for k, v in start["headers"]:
@@ -323,7 +332,7 @@ def test_websocket_without_login_is_refused_before_accept():
     gate, app = make()
     for headers in [{"origin": ORIGIN}, {"origin": ORIGIN, "cookie": f"{COOKIE}=forged"},
                     {"origin": ORIGIN, "authorization": basic("alice", "wrong-wrong")}]:
-        out = asyncio.run(_ws(gate, headers))
+        out = run_async(_ws(gate, headers))
         assert [m["type"] for m in out] == ["websocket.close"]
     assert app.reached == []
 
@@ -332,7 +341,7 @@ def test_websocket_with_foreign_or_missing_origin_is_refused():
     gate, app = make()
     token = login(gate)
     for origin in ["https://evil.example", None]:
-        out = asyncio.run(_ws(gate, {"cookie": f"{COOKIE}={token}", "origin": origin}))
+        out = run_async(_ws(gate, {"cookie": f"{COOKIE}={token}", "origin": origin}))
         assert [m["type"] for m in out] == ["websocket.close"]
     assert app.reached == []
 
@@ -341,12 +350,12 @@ def test_logout_closes_the_open_websocket():
     gate, app = make()
     token = login(gate)
     headers = {"cookie": f"{COOKIE}={token}", "origin": ORIGIN}
-    out = asyncio.run(_ws(gate, headers, revoke=lambda: request_in_thread(gate, token)))
+    out = run_async(_ws(gate, headers, revoke=lambda: request_in_thread(gate, token)))
     kinds = [m["type"] for m in out]
     assert kinds[:2] == ["websocket.accept", "websocket.send"] and kinds[-1] == "websocket.close"
     assert app.ws_closed_by_gate
     # A new upgrade with the revoked cookie is refused.
-    assert [m["type"] for m in asyncio.run(_ws(gate, headers))] == ["websocket.close"]
+    assert [m["type"] for m in run_async(_ws(gate, headers))] == ["websocket.close"]
 
 
 def request_in_thread(gate, token):
@@ -372,15 +381,15 @@ def test_websocket_closes_when_session_expires():
         await asyncio.wait_for(task, 3)
         return outbox
 
-    out = asyncio.run(run())
+    out = run_async(run())
     assert [m["type"] for m in out] == ["websocket.accept", "websocket.close"]
 
 
 def test_open_mode_websocket_passes_with_own_origin():
     gate, app = make(auth=False)
-    out = asyncio.run(_ws(gate, {"origin": ORIGIN}))
+    out = run_async(_ws(gate, {"origin": ORIGIN}))
     assert [m["type"] for m in out] == ["websocket.accept", "websocket.send"]
-    out = asyncio.run(_ws(gate, {"origin": "http://evil.example"}))
+    out = run_async(_ws(gate, {"origin": "http://evil.example"}))
     assert [m["type"] for m in out] == ["websocket.close"]
 
 

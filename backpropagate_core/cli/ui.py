@@ -100,6 +100,11 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 def serve(host: str, port: int, env: dict[str, str] | None = None) -> int:
     """Run the Reflex server until it exits or we are interrupted; returns its exit code."""
     env = ui_env(dict(os.environ) if env is None else env)
+    # Reflex makes (and serves) an upload folder of its own; the app never puts files there,
+    # but it too belongs under the UI's output folder rather than in the repository.
+    from backpropagate_core.config import load_settings
+
+    env.setdefault("REFLEX_UPLOADED_FILES_DIR", str(load_settings().ui.output_dir / "reflex-uploads"))
     check_can_start(host, port, env)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     console.print(f"Starting the backpropagate UI on [bold]{url}[/] (building the web app first)…",

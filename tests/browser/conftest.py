@@ -17,7 +17,7 @@ from tests.browser.harness import (CHROMIUM, CHROMIUM_ARGS, REPO, Server, free_p
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ui_root() -> Path:
     """A folder of our own rather than pytest's numbered tmp dirs: other pytest sessions
     running at the same time prune those, and this one lives for the whole session."""
@@ -26,7 +26,7 @@ def ui_root() -> Path:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(ui_root) -> Server:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (make browser)")
@@ -46,7 +46,9 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in the main thread
+# until it stops, which would break later tests that use asyncio or their own Playwright.
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
