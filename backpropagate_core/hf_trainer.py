@@ -37,20 +37,12 @@ class FitOutcome:
 
 
 def weight_dtype(precision: str, device: str):
-    """dtype to load the frozen base weights in: the training precision (bf16 / fp16 on
-    GPUs, bf16 on CPUs with native bf16), else fp32.
-
-    Autocast computes in that precision anyway; weights stored in it take half the memory
-    and are not re-cast on every use (autocast caches casts of trainable tensors only).
-    The LoRA matrices stay fp32 (peft upcasts them), so updates keep full precision: on
-    the quickstart data the adapter's loss matched fp32 training (docs/performance.md).
-    """
+    """dtype to load base weights in: bf16/fp16 on GPUs; fp32 on CPU, where bf16 is used
+    through autocast (pure bf16 weights lose LoRA-update precision there)."""
     import torch
 
-    if precision == "bf16" and device in ("cuda", "cpu"):
-        return torch.bfloat16
-    if precision == "fp16" and device == "cuda":
-        return torch.float16
+    if device == "cuda" and precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.float32
 
 
@@ -298,10 +290,9 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     # (or flash-attention's varlen kernel when the model was loaded with it).
     attention = speed.use_varlen_attention(model) if collator.pack and not _on_cuda() else None
     try:
-        with speed.lora_input_casts_off(model, autocast=t.precision in ("bf16", "fp16")):
-            trainer = _train_with_oom_recovery(model, train_rows, val_rows, t, run_id=run_id, sink=sink,
-                                               output_dir=output_dir, resume_from=resume_from,
-                                               collator=collator, callback=callback, labelled=labelled)
+        trainer = _train_with_oom_recovery(model, train_rows, val_rows, t, run_id=run_id, sink=sink,
+                                           output_dir=output_dir, resume_from=resume_from,
+                                           collator=collator, callback=callback, labelled=labelled)
     finally:
         speed.restore_attention(model, attention)
     if callback.overheat is not None:

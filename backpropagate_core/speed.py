@@ -61,10 +61,9 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     edges = bounds.tolist()  # on the CPU, where this path runs, no device sync
-    lengths = [b - a for a, b in zip(edges[:-1], edges[1:])]
-    # split (not slicing): its backward is one concatenation, not a zero-filled copy per example
-    parts = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
-             for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+    parts = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                    dropout=dropout, scaling=scaling, is_causal=True)[0]
+             for a, b in zip(edges[:-1], edges[1:]) if b > a]
     return torch.cat(parts, dim=1), None
 
 
@@ -90,15 +89,6 @@ def use_varlen_attention(model) -> str | None:
 def restore_attention(model, previous: str | None) -> None:
     if previous is not None:
         causal_lm(model).set_attn_implementation(previous)
-
-
-def lora_input_casts_off(model, autocast: bool):
-    """peft casts each LoRA input to the adapter's fp32 dtype, and autocast casts it straight
-    back to bf16: two copies of every projection input, forward and backward. Under
-    autocast they are pointless, so this context turns them off; without it, a no-op."""
-    from peft.helpers import disable_input_dtype_casting
-
-    return disable_input_dtype_casting(model, active=autocast)
 
 
 def label_index(labels) -> "torch.Tensor":  # noqa: F821
