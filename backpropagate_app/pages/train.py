@@ -55,6 +55,7 @@ class TrainState(rx.State):
     planned: dict[str, str] = {}
     captions: dict[str, str] = {}
     planning: bool = False
+    _plan_ticket: int = 0
     plan_error: dict[str, str] = {}
     start_error: dict[str, str] = {}
     starting: bool = False
@@ -86,9 +87,9 @@ class TrainState(rx.State):
 
     @rx.event(background=True)
     async def refresh_plan(self):
-        """Ask the engine for its defaults (and why) for this model and dataset."""
+        """Ask the engine for its defaults (and why) for this model and dataset. Only the
+        newest request may publish, and the spinner stops even if this task is cancelled."""
         async with self:
-            key = (self.model_choice, self.custom_model, self.dataset_path)
             try:
                 model = engine.model_spec(self.model_choice, self.custom_model)
             except BackpropError:
@@ -96,21 +97,23 @@ class TrainState(rx.State):
             data = self.dataset_path
             if not data:
                 return
+            self._plan_ticket += 1
+            ticket = self._plan_ticket
             self.planning, self.plan_error = True, {}
+        values, captions, error = None, None, {}
         try:
             values, captions = plan_form(await asyncio.to_thread(engine.plan, model, data))
-            error = {}
         except BackpropError as err:
-            values, captions, error = None, None, error_view(err)
+            error = error_view(err)
         except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-            values, captions, error = None, None, unexpected_error(exc)
-        async with self:
-            self.planning = False
-            if (self.model_choice, self.custom_model, self.dataset_path) == key:
-                self.plan_error = error
-                if values is not None:
-                    self.form = merge_plan(self.form, self.planned, values)
-                    self.planned, self.captions = values, captions
+            error = unexpected_error(exc)
+        finally:
+            async with self:
+                if ticket == self._plan_ticket:
+                    self.planning, self.plan_error = False, error
+                    if values is not None:
+                        self.form = merge_plan(self.form, self.planned, values)
+                        self.planned, self.captions = values, captions
 
     @rx.event
     def set_model_choice(self, value: str):
