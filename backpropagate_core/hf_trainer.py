@@ -34,6 +34,8 @@ class FitOutcome:
     cancelled: bool
     last_checkpoint: str | None
     tokens_per_s: float | None
+    tokens: int = 0
+    """Real (non-padding) tokens trained on in this call."""
 
 
 def weight_dtype(precision: str, device: str):
@@ -210,7 +212,9 @@ def _trainer_class():
             if not self.labelled_loss:
                 inputs.pop(speed.LABEL_INDEX, None)
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = speed.labelled_loss(model, inputs, num_items_in_batch)
+            # accelerate puts autocast around model.forward; this path calls the decoder itself.
+            with self.accelerator.autocast():
+                loss = speed.labelled_loss(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # num_items_in_batch counts every process's tokens and DDP averages gradients.
                 loss = loss * self.accelerator.num_processes
@@ -298,7 +302,7 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     if callback.overheat is not None:
         raise callback.overheat
     return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,
-                      callback.last_checkpoint, _overall_rate(collator, callback))
+                      callback.last_checkpoint, _overall_rate(collator, callback), collator.trained)
 
 
 def _train_with_oom_recovery(model, train_rows, val_rows, t: TrainingSettings, *, run_id: str,

@@ -61,9 +61,10 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     edges = bounds.tolist()  # on the CPU, where this path runs, no device sync
-    parts = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                    dropout=dropout, scaling=scaling, is_causal=True)[0]
-             for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    lengths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    # split (not slicing): its backward is one concatenation, not a zero-filled copy per example
+    parts = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+             for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
     return torch.cat(parts, dim=1), None
 
 

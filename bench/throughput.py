@@ -59,6 +59,8 @@ class Work:
     steps: int = 30
     lr: float = 2e-4
     seed: int = 42
+    threads: int = 0
+    """torch threads per process; 0 = torch's default (all cores)."""
 
 
 # ---- shared by every variant --------------------------------------------------------
@@ -98,6 +100,8 @@ class Meter:
     def __init__(self) -> None:
         self.tokens = 0
         self.step_time = 0.0
+        self.cpu_time = 0.0
+        """Process CPU seconds of the whole train() call (see `cpu_timed`)."""
         self._t = 0.0
 
     def wrap(self, collator):
@@ -121,6 +125,22 @@ class Meter:
                 meter.step_time += time.perf_counter() - meter._t
 
         return StepTimer()
+
+
+class cpu_timed:
+    """Adds the CPU seconds this process spends inside the block to `meter.cpu_time`.
+
+    With one thread per process this does not grow when other programs load the machine
+    (wall time does), so it compares variants fairly on a busy machine."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+
+    def __enter__(self):
+        self.t0 = time.process_time()
+
+    def __exit__(self, *exc) -> None:
+        self.meter.cpu_time += time.process_time() - self.t0
 
 
 def eval_loss(trained, rows: list[dict], work: "Work | None" = None) -> float:
@@ -173,7 +193,8 @@ def variant_a(work: Work) -> dict:
     trainer = Trainer(model=model, args=TrainingArguments(**common_args(work)), train_dataset=rows,
                       data_collator=meter.wrap(DataCollatorForSeq2Seq(tokenizer, padding=True)),
                       callbacks=[meter.callback()])
-    trainer.train()
+    with cpu_timed(meter):
+        trainer.train()
     return _result(meter, trainer.state.log_history, model, rows, work)
 
 
@@ -195,7 +216,8 @@ def variant_b(work: Work) -> dict:
                          args=SFTConfig(**common_args(work), max_length=work.seq_len),
                          peft_config=lora_config(work), callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
-    trainer.train()
+    with cpu_timed(meter):
+        trainer.train()
     return _result(meter, trainer.state.log_history, trainer.model, rows, work)
 
 
@@ -223,7 +245,8 @@ def variant_c(work: Work) -> dict:
                          args=SFTConfig(**common_args(work), max_length=work.seq_len, optim="adamw_8bit"),
                          callbacks=[meter.callback()])
     trainer.data_collator = meter.wrap(trainer.data_collator)
-    trainer.train()
+    with cpu_timed(meter):
+        trainer.train()
     return _result(meter, trainer.state.log_history, model, rows, work)
 
 
@@ -250,18 +273,20 @@ def variant_d(work: Work) -> dict:
                          precision=precision, gradient_checkpointing=False, report_to="none")
     steps: list[float] = []
     out_dir = Path(tempfile.mkdtemp(prefix="bench-"))
-    outcome = fit(model, tokenizer, rows, [], t, run_id="bench", output_dir=out_dir / "checkpoints",
-                  sink=lambda e: steps.append(e.loss) if isinstance(e, ev.Step) else None,
-                  resume_from=None, cancel_flag=out_dir / "CANCEL")
-    tokens = outcome.tokens_per_s or 0.0
+    meter = Meter()
+    with cpu_timed(meter):
+        outcome = fit(model, tokenizer, rows, [], t, run_id="bench", output_dir=out_dir / "checkpoints",
+                      sink=lambda e: steps.append(e.loss) if isinstance(e, ev.Step) else None,
+                      resume_from=None, cancel_flag=out_dir / "CANCEL")
     peak = _peak_rss_gb()
-    return {"tok_s": tokens, "train_losses": steps, "eval_loss": eval_loss(model, rows, work),
-            "peak_rss_gb": peak}
+    return {"tok_s": outcome.tokens_per_s or 0.0, "tok_cpu_s": outcome.tokens / meter.cpu_time,
+            "train_losses": steps, "eval_loss": eval_loss(model, rows, work), "peak_rss_gb": peak}
 
 
 def _result(meter: Meter, log_history: list[dict], model, rows, work: Work) -> dict:
     peak = _peak_rss_gb()  # before the evaluation model is loaded
     return {"tok_s": meter.tokens / meter.step_time if meter.step_time else 0.0,
+            "tok_cpu_s": meter.tokens / meter.cpu_time if meter.cpu_time else 0.0,
             "train_losses": _train_losses(log_history), "eval_loss": eval_loss(model, rows, work),
             "peak_rss_gb": peak}
 
@@ -272,23 +297,27 @@ def _peak_rss_gb() -> float:
 
 # ---- the machine ---------------------------------------------------------------------
 
-def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
-    """Dense matmul GFLOP/s in torch for this dtype (autocast-free, all threads)."""
+def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> tuple[float, float]:
+    """Dense matmul GFLOP/s in torch for this dtype: (per wall second, per CPU second).
+
+    The CPU-second figure is what one thread can do however loaded the machine is."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    best = 0.0
+    wall = cpu = 0.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
+        flop = 2 * n**3 / 1e9
+        wall = max(wall, flop / (time.perf_counter() - t0))
+        cpu = max(cpu, flop / max(1e-9, time.process_time() - c0))
+    return wall, cpu
 
 
 def flops_per_token(model: str, gradient_checkpointing: bool = False) -> float:
@@ -303,6 +332,7 @@ def flops_per_token(model: str, gradient_checkpointing: bool = False) -> float:
 def run_child(variant: str, work: Work, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--work", json.dumps(asdict(work))]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+           **({"OMP_NUM_THREADS": str(work.threads)} if work.threads else {}),
            "UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     load = os.getloadavg()[0]
     try:
@@ -325,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="times each variant runs, alternating [2]")
     parser.add_argument("--variants", default="abcd", help="which of a, b, c, d to run [abcd]")
     parser.add_argument("--targets", choices=sorted(TARGETS), default="all", help="LoRA target modules [all]")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per variant [all cores]; 1 makes tokens per CPU-second "
+                             "comparable on a machine other programs are loading")
     parser.add_argument("--model", default=Work.model)
     parser.add_argument("--data", default=Work.data)
     parser.add_argument("--json", help="also write the results to this file")
@@ -334,19 +367,28 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         work = Work(**json.loads(args.work))
+        if work.threads:
+            import torch
+
+            torch.set_num_threads(work.threads)
         result = globals()[f"variant_{args.child}"](work)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     steps = args.steps or (2 if args.quick else 30)
     rounds = args.rounds or (1 if args.quick else 2)
-    work = Work(model=args.model, data=args.data, targets=args.targets, steps=steps)
+    work = Work(model=args.model, data=args.data, targets=args.targets, steps=steps, threads=args.threads)
     print(f"work: {json.dumps(asdict(work))}")
     print(f"LoRA r={work.r} alpha={work.alpha} on {', '.join(TARGETS[work.targets])}; "
           f"batch {work.batch} x accumulation {work.accum}; max length {work.seq_len}", flush=True)
-    peaks = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
-    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
-          f"(load {os.getloadavg()[0]:.2f})", flush=True)
+    if work.threads:
+        import torch
+
+        torch.set_num_threads(work.threads)
+    (f32, f32_cpu), (b16, b16_cpu) = matmul_peak("float32"), matmul_peak("bfloat16")
+    peaks = {"fp32": f32, "bf16": b16, "fp32_cpu": f32_cpu, "bf16_cpu": b16_cpu}
+    print(f"matmul peak: fp32 {f32:.0f} GFLOP/s ({f32_cpu:.0f} per CPU-s), bf16 {b16:.0f} GFLOP/s "
+          f"({b16_cpu:.0f} per CPU-s) (load {os.getloadavg()[0]:.2f})", flush=True)
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for rnd in range(rounds):
         order = args.variants if rnd % 2 == 0 else args.variants[::-1]
@@ -363,7 +405,7 @@ def _describe(result: dict) -> str:
     if "error" in result:
         return f"error ({result['error']})"
     last = result["train_losses"][-5:]
-    return (f"{result['tok_s']:.1f} tok/s, eval loss {result['eval_loss']:.4f}, "
+    return (f"{result['tok_s']:.1f} tok/s, {result['tok_cpu_s']:.1f} tok/CPU-s, eval loss {result['eval_loss']:.4f}, "
             f"last train loss {sum(last) / max(1, len(last)):.4f}, peak RSS {result['peak_rss_gb']:.2f} GB, "
             f"load {result['load']:.2f}")
 
@@ -371,28 +413,33 @@ def _describe(result: dict) -> str:
 def report(runs: dict[str, list[dict]], work: Work, peaks: dict, json_path: str | None) -> int:
     flop = flops_per_token(work.model)
     best: dict[str, dict] = {}
-    print(f"\n{'variant':48s} {'tok/s':>7s} {'vs a':>6s} {'MFU':>6s} {'eval loss':>9s} {'load':>5s}")
+    print(f"\n{'variant':48s} {'tok/s':>7s} {'vs a':>5s} {'MFU':>6s} {'tok/CPU-s':>9s} {'vs a':>5s} "
+          f"{'MFU/CPU':>7s} {'eval loss':>9s} {'load':>5s}")
     for v, results in runs.items():
         ok = [r for r in results if "tok_s" in r]
         if not ok:
             why = results[0].get("unavailable") or results[0].get("error", "no result")
             print(f"{v} {NAMES[v]:46s} unavailable: {why}")
             continue
-        top = max(ok, key=lambda r: r["tok_s"])
-        best[v] = top
-    base = best.get("a", {}).get("tok_s")
+        best[v] = max(ok, key=lambda r: r["tok_s"])
+        best[v]["tok_cpu_s"] = max(r["tok_cpu_s"] for r in ok)
+    base = best.get("a", {})
     for v, top in best.items():
-        peak = peaks["fp32"] if v == "a" else peaks["bf16"]
-        mfu = top["tok_s"] * flop / (peak * 1e9) if peak else 0.0
-        ratio = f"{top['tok_s'] / base:.2f}" if base else "-"
-        print(f"{v} {NAMES[v]:46s} {top['tok_s']:7.1f} {ratio:>6s} {mfu:6.1%} {top['eval_loss']:9.4f} "
-              f"{top['load']:5.2f}")
-    print(f"(best of {max(len(r) for r in runs.values())} alternating rounds; MFU = tok/s x {flop / 1e6:.0f} MFLOP "
-          f"/ measured matmul peak, fp32 peak for a, bf16 peak for the others)")
+        kind = "fp32" if v == "a" else "bf16"
+        mfu = top["tok_s"] * flop / (peaks[kind] * 1e9) if peaks[kind] else 0.0
+        mfu_cpu = top["tok_cpu_s"] * flop / (peaks[f"{kind}_cpu"] * 1e9) if peaks[f"{kind}_cpu"] else 0.0
+        wall = f"{top['tok_s'] / base['tok_s']:.2f}" if base else "-"
+        cpu = f"{top['tok_cpu_s'] / base['tok_cpu_s']:.2f}" if base else "-"
+        print(f"{v} {NAMES[v]:46s} {top['tok_s']:7.1f} {wall:>5s} {mfu:6.1%} {top['tok_cpu_s']:9.1f} {cpu:>5s} "
+              f"{mfu_cpu:7.1%} {top['eval_loss']:9.4f} {top['load']:5.2f}")
+    print(f"(best of {max(len(r) for r in runs.values())} alternating rounds; tok/s over training-step wall time, "
+          f"tok/CPU-s over the process CPU time of the whole train() call; MFU = tok/s x {flop / 1e6:.0f} MFLOP "
+          f"/ measured matmul peak (MFU/CPU: both per CPU second), fp32 peak for a, bf16 for the others)")
     if "d" in best:
         for other in ("a", "c"):
             if other in best:
-                print(f"d/{other} = {best['d']['tok_s'] / best[other]['tok_s']:.2f}")
+                print(f"d/{other} = {best['d']['tok_s'] / best[other]['tok_s']:.2f} (wall), "
+                      f"{best['d']['tok_cpu_s'] / best[other]['tok_cpu_s']:.2f} (CPU time)")
             else:
                 print(f"d/{other} = unavailable")
     if json_path:

@@ -215,3 +215,21 @@ def test_unsloth_backend_trains_with_the_same_events_and_artifacts(tiny_llama, t
     assert kinds.count("step") == 2 and "checkpoint" in kinds and kinds[-1] == "finished"
     assert any("backend unsloth" in json.loads(line).get("message", "")
                for line in events.read_text().splitlines())
+
+
+def test_fit_runs_the_labelled_loss_under_autocast(tiny_llama, tiny_tokenizer, tmp_path):
+    """The labelled loss calls the decoder directly, past the autocast accelerate wraps
+    around model.forward: fit must put autocast back (a bf16 run would be fp32 otherwise)."""
+    from backpropagate_core.config import TrainingSettings
+    from backpropagate_core.hf_trainer import fit
+
+    model = _model(tiny_llama).train()
+    seen = []
+    speed.causal_lm(model).model.register_forward_pre_hook(
+        lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+    t = TrainingSettings(steps=2, batch_size=2, grad_accum=1, learning_rate=1e-3, warmup_ratio=0.0,
+                         max_seq_len=64, save_steps=100, val_fraction=0.0, precision="bf16",
+                         gradient_checkpointing=False, report_to="none")
+    fit(model, tiny_tokenizer, _rows([9, 12, 7, 10]), [], t, run_id="r", output_dir=tmp_path / "ckpt",
+        sink=lambda e: None, resume_from=None, cancel_flag=tmp_path / "CANCEL")
+    assert seen and all(seen), seen
