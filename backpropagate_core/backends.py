@@ -63,9 +63,21 @@ def load_model(spec: str, choice: Choice, *, dtype, lora, max_seq_len: int, load
             raise BackpropError("DEP_MISSING", f"unsloth is installed but does not import here: {err}",
                                 hint="Use backend=transformers, or reinstall unsloth for this torch/CUDA.") from None
     base = model_mod.load_model(spec, dtype=dtype, load_in_4bit=load_in_4bit,
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, device_map=_this_gpu())
     _seed(seed)  # the LoRA A matrices start random: the same seed gives the same start
     return model_mod.add_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+
+
+def _this_gpu() -> dict | None:
+    """Load straight onto this process's GPU: no CPU copy of the weights first (a model may
+    be larger than RAM), and Liger's Triton kernels then never meet a tensor left on the CPU."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
 
 
 def _seed(seed: int) -> None:

@@ -39,12 +39,15 @@ class FitOutcome:
 
 
 def weight_dtype(precision: str, device: str):
-    """dtype to load base weights in: bf16/fp16 on GPUs; fp32 on CPU, where bf16 is used
-    through autocast (pure bf16 weights lose LoRA-update precision there)."""
+    """dtype to load the frozen base weights in: the training precision, so autocast does not
+    cast every weight again in every step. The LoRA weights stay fp32 either way (peft
+    upcasts adapters), so their updates keep full precision. fp16 only on GPUs."""
     import torch
 
-    if device == "cuda" and precision in ("bf16", "fp16"):
-        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device == "cuda" and precision == "fp16":
+        return torch.float16
     return torch.float32
 
 
@@ -68,6 +71,8 @@ class Collator:
     def __init__(self, pad_id: int, pack: bool = False, label_index: bool = False) -> None:
         self.pad_id = pad_id
         self.pack = pack
+        self.lengths = False
+        """Also send the packed examples' lengths (set while `speed.varlen_sdpa` is the attention)."""
         self.label_index = label_index
         """Also send the labelled positions, computed here on the CPU (see `speed.labelled_loss`)."""
         self.trained = 0
@@ -75,7 +80,7 @@ class Collator:
     def __call__(self, batch: list[dict]) -> dict:
         from backpropagate_core import speed
 
-        out = speed.pack_batch(batch) if self.pack else self._pad(batch)
+        out = speed.pack_batch(batch, self.lengths) if self.pack else self._pad(batch)
         if self.label_index:
             out[speed.LABEL_INDEX] = speed.label_index(out["labels"])
         return out
@@ -290,15 +295,18 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     labelled = own and speed.plain_lm_head(model) and not _liger() and distributed.world_size() == 1
     collator = Collator(tokenizer.pad_token_id, pack=t.packing and own, label_index=labelled)
     callback = _make_callback(run_id, sink, collator, cancel_flag, output_dir, guard)
-    # On the CPU the attention of a packed row runs per example; CUDA keeps sdpa's block mask
-    # (or flash-attention's varlen kernel when the model was loaded with it).
-    attention = speed.use_varlen_attention(model) if collator.pack and not _on_cuda() else None
+    # The attention of a packed row runs per example (a model loaded with flash-attention
+    # uses its own varlen kernel instead).
+    attention = speed.use_varlen_attention(model) if collator.pack else None
+    collator.lengths = attention is not None
+    casting = speed.skip_input_casts(model, t.precision != "fp32")
     try:
         trainer = _train_with_oom_recovery(model, train_rows, val_rows, t, run_id=run_id, sink=sink,
                                            output_dir=output_dir, resume_from=resume_from,
                                            collator=collator, callback=callback, labelled=labelled)
     finally:
         speed.restore_attention(model, attention)
+        speed.restore_input_casts(casting)
     if callback.overheat is not None:
         raise callback.overheat
     return FitOutcome(trainer.state.global_step, callback.last_loss, callback.cancelled,

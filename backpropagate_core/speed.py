@@ -19,6 +19,8 @@ import importlib.util
 
 IGNORE_INDEX = -100
 LABEL_INDEX = "label_index"
+PACKED_LENGTHS = "packed_lengths"
+"""Collated key: the lengths of the examples in a packed row, as ints (read by `varlen_sdpa`)."""
 """Collated key: flat positions whose next token carries a label (computed on the CPU)."""
 
 # Architectures whose logits are exactly lm_head(hidden): no soft-capping, scaling or bias.
@@ -26,8 +28,9 @@ _PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "ol
 _SCALED_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
-def pack_batch(batch: list[dict]) -> dict:
-    """One row holding every example of `batch`, with per-example position ids."""
+def pack_batch(batch: list[dict], lengths: bool = False) -> dict:
+    """One row holding every example of `batch`, with per-example position ids (and with
+    `lengths`, the examples' lengths for `varlen_sdpa`)."""
     import torch
 
     ids: list[int] = []
@@ -40,32 +43,61 @@ def pack_batch(batch: list[dict]) -> dict:
         # predecessor, and here its predecessor is the previous example's last token.
         labels += [IGNORE_INDEX] + list(x["labels"][1:])
         positions += range(n)
-    lengths = [len(x["input_ids"]) for x in batch]
-    bounds = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    # The boundaries flash-attention's varlen kernel (and `varlen_sdpa`) read from the model kwargs.
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions]), "use_cache": False,
-            "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds,
-            "max_length_q": max(lengths), "max_length_k": max(lengths)}
+    sizes = [len(x["input_ids"]) for x in batch]
+    bounds = torch.tensor([0] + sizes, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    # The boundaries flash-attention's varlen kernel reads from the model kwargs; `varlen_sdpa`
+    # reads the lengths as plain ints, which stay on the host when the batch moves to a GPU.
+    packed = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+              "position_ids": torch.tensor([positions]), "use_cache": False,
+              "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds,
+              "max_length_q": max(sizes), "max_length_k": max(sizes)}
+    if lengths:
+        packed[PACKED_LENGTHS] = tuple(sizes)
+    return packed
 
 
 def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """Attention for a packed row: one causal sdpa call per example, so the cost is the sum
-    of the examples' squares rather than the square of the row (what a block mask over the
-    whole row costs). Anything that is not a packed row goes to transformers' sdpa."""
+    """Attention for a packed row: one causal call per example, so time and memory are the
+    sum of the examples' squares rather than the square of the row (what a block mask over
+    the whole row costs). On GPUs each call is sdpa's flash kernel; on CPUs plain matmuls
+    (`grouped_causal_attention`). Anything that is not a packed row goes to transformers' sdpa."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    bounds = kwargs.get("cu_seq_lens_q")
-    if bounds is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+    lengths = kwargs.pop(PACKED_LENGTHS, None)
+    if lengths is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    edges = bounds.tolist()  # on the CPU, where this path runs, no device sync
-    lengths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    split = zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     # split (not slicing): its backward is one concatenation, not a zero-filled copy per example
-    parts = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
-             for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+    if query.device.type == "cpu" and not (dropout and module.training):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        parts = [grouped_causal_attention(q, k, v, scale) for q, k, v in split]
+    else:
+        parts = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+                 for q, k, v in split]
     return torch.cat(parts, dim=1), None
+
+
+def grouped_causal_attention(query, key, value, scaling: float):
+    """Causal attention of one example as plain matmuls: (1, H, L, D) queries against
+    (1, KV, L, D) keys and values, returned as (1, L, H, D) like transformers' sdpa.
+
+    The query heads that share a key head are stacked into one matrix, so keys and values
+    are never repeated. On CPUs this is faster than sdpa's flash kernel (whose backward is
+    slow) for chat-length examples; the softmax runs in fp32.
+    """
+    import torch
+
+    b, heads, n, d = query.shape
+    groups = heads // key.shape[1]
+    q = query.reshape(b, key.shape[1], groups * n, d)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scaling
+    future = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)
+    scores = scores.view(b, key.shape[1], groups, n, n).masked_fill(future, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs.view(b, key.shape[1], groups * n, n), value)
+    return out.view(b, heads, n, d).transpose(1, 2)
 
 
 VARLEN = "backpropagate_varlen_sdpa"
@@ -82,7 +114,7 @@ def use_varlen_attention(model) -> str | None:
     if previous != "sdpa":
         return None
     AttentionInterface.register(VARLEN, varlen_sdpa)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)  # masks for anything unpacked
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, sdpa_mask)  # masks for rows without lengths
     lm.set_attn_implementation(VARLEN)
     return previous
 
@@ -159,3 +191,20 @@ def labelled_loss(model, inputs: dict, num_items_in_batch=None):
 
 def liger_available(device: str) -> bool:
     return device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+
+
+def skip_input_casts(model, autocast: bool) -> list:
+    """Under autocast, stop peft casting each LoRA input to the adapter's fp32 dtype: autocast
+    casts it straight back to bf16/fp16 for the matmul, so the two copies per adapted layer
+    (and their backward) are wasted. Returns the layers changed, for `restore_input_casts`."""
+    if not autocast:
+        return []
+    changed = [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", False) is True]
+    for module in changed:
+        module.cast_input_dtype_enabled = False
+    return changed
+
+
+def restore_input_casts(changed: list) -> None:
+    for module in changed:
+        module.cast_input_dtype_enabled = True

@@ -7,6 +7,7 @@ GPU, peak RSS of the process on a CPU. The estimate is computed for the same set
 
     python bench/memory.py            # tiny model and smollm2-135m, several batch/length pairs
     python bench/memory.py --quick    # two small configurations
+    python bench/memory.py --config /tmp/1b-random:2048:8:bf16:gc   # model:seq:batch:weights[:gc]
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def _model_path(name: str) -> str:
     return str(path)
 
 
-def child(model: str, seq_len: int, batch: int, weights: str, packing: bool) -> dict:
+def parse_config(text: str) -> tuple:
+    """"model:seq:batch:weights[:gc]" -> (model, seq, batch, weights, gradient checkpointing)."""
+    model, seq_len, batch, weights, *rest = text.rsplit(":", 4) if text.endswith(":gc") else text.rsplit(":", 3)
+    return model, int(seq_len), int(batch), weights, rest == ["gc"]
+
+
+def child(model: str, seq_len: int, batch: int, weights: str, packing: bool, checkpointing: bool = False) -> dict:
     import torch
 
     from backpropagate_core.config import TrainingSettings
@@ -65,7 +72,7 @@ def child(model: str, seq_len: int, batch: int, weights: str, packing: bool) -> 
     t = TrainingSettings(steps=3, batch_size=batch, grad_accum=1, learning_rate=1e-4, warmup_ratio=0.0,
                          max_seq_len=seq_len, save_steps=10**6, val_fraction=0.0, report_to="none",
                          precision="bf16" if weights == "bf16" or cuda else "fp32",
-                         gradient_checkpointing=False, packing=packing)
+                         gradient_checkpointing=checkpointing, packing=packing)
     out = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     fit(peft_model, tokenizer, rows, [], t, run_id="mem", output_dir=out / "checkpoints",
         sink=lambda e: None, resume_from=None, cancel_flag=out / "CANCEL")
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--padded", action="store_true", help="padded batches instead of packed rows")
+    parser.add_argument("--config", action="append", type=parse_config,
+                        help="model:seq:batch:weights[:gc] (model: preset, folder or 'tiny'); repeatable")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -90,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'model':14s} {'seq':>5s} {'batch':>5s} {'weights':>7s} {'estimate GB':>11s} {'measured GB':>11s} "
           f"{'est/meas':>8s}  load")
-    for name, seq_len, batch, weights in (QUICK if args.quick else CONFIGS):
+    configs = args.config or [(*c, False) for c in (QUICK if args.quick else CONFIGS)]
+    for name, seq_len, batch, weights, checkpointing in configs:
         model = _model_path(name)
-        spec = json.dumps([model, seq_len, batch, weights, not args.padded])
+        spec = json.dumps([model, seq_len, batch, weights, not args.padded, checkpointing])
         proc = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
                               env={**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"})
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -102,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(lines[-1][7:])
         cuda = result["device"] == "cuda"
         est = estimate(None, seq_len, batch, shape=shape_of(model), dtype=weights, device=result["device"],
-                       label_fraction=0.5)
+                       label_fraction=0.5, gradient_checkpointing=checkpointing)
         # max_memory_allocated leaves out the CUDA context the estimate includes.
         estimated = est.total_gb - (est.overhead_gb if cuda else 0.0)
+        name = Path(name).name + (" gc" if checkpointing else "")
         row = {"model": name, "seq_len": seq_len, "batch": batch, "weights": weights,
                "estimate_gb": estimated, "measured_gb": result["measured_gb"], "device": result["device"],
                "load": os.getloadavg()[0], "breakdown": est.to_dict()}

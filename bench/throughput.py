@@ -7,6 +7,8 @@ turn and alternated over rounds so a change in machine load hits all of them ali
   b  TRL SFTTrainer with its defaults (bf16 on, padded batches)
   c  Unsloth's own recipe (FastLanguageModel + SFTTrainer); "unavailable" with the reason
   d  backpropagate: `hf_trainer.fit`, the path `backprop train` takes
+  e  backpropagate with backend="unsloth" (Unsloth builds the model, `fit` trains it):
+     what `backend="auto"` would pick on CUDA; run it with --variants abcde
 
 Same model, data (already tokenized, loss on assistant replies only), LoRA (rank, alpha,
 target modules), sequence length, batch, accumulation, learning rate, seed and data order.
@@ -43,7 +45,16 @@ sys.path.insert(0, str(ROOT))
 TARGETS = {"all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
            "qv": ["q_proj", "v_proj"]}
 NAMES = {"a": "transformers Trainer + peft (fp32 defaults)", "b": "TRL SFTTrainer (defaults)",
-         "c": "Unsloth recipe", "d": "backpropagate"}
+         "c": "Unsloth recipe", "d": "backpropagate", "e": "backpropagate, Unsloth backend"}
+LEVERS = {"packing": "padded batches", "labelled": "loss on every position",
+          "fused": "unfused AdamW", "bf16": "fp32, no autocast"}
+"""d with one lever off (`--ablate`): what that lever gives is d's speed over this one's."""
+
+
+def name(variant: str) -> str:
+    if "-" in variant:
+        return f"backpropagate, {LEVERS[variant.split('-', 1)[1]]}"
+    return NAMES[variant]
 
 
 @dataclass
@@ -61,6 +72,8 @@ class Work:
     seed: int = 42
     threads: int = 0
     """torch threads per process; 0 = torch's default (all cores)."""
+    off: str = ""
+    """A lever of variant d to turn off (a key of LEVERS)."""
 
 
 # ---- shared by every variant --------------------------------------------------------
@@ -250,27 +263,35 @@ def variant_c(work: Work) -> dict:
     return _result(meter, trainer.state.log_history, model, rows, work)
 
 
-def variant_d(work: Work) -> dict:
+def variant_d(work: Work, backend: str = "transformers") -> dict:
     """backpropagate's training path, with the settings `backprop train` would resolve."""
-    from transformers import set_seed
-
+    from backpropagate_core import backends
     from backpropagate_core import events as ev
-    from backpropagate_core.config import TrainingSettings
+    from backpropagate_core.config import LoraSettings, TrainingSettings
     from backpropagate_core.defaults import detect_hardware
     from backpropagate_core.hf_trainer import fit, weight_dtype
-    from backpropagate_core.model import add_lora, load_model, load_tokenizer
+    from backpropagate_core.model import load_tokenizer
 
     hw = detect_hardware()
     precision = "bf16" if hw.bf16 else ("fp16" if hw.device == "cuda" else "fp32")
+    if work.off == "bf16":
+        precision = "fp32"
+    _lever_off(work.off)
+    try:
+        choice = backends.choose(backend, hw.device)
+    except Exception as err:  # noqa: BLE001 - Unsloth not installed: the variant is unavailable
+        return {"unavailable": str(err)}
     tokenizer = load_tokenizer(work.model)
     rows = load_rows(work, tokenizer)
-    base = load_model(work.model, dtype=weight_dtype(precision, hw.device))
-    set_seed(work.seed)
-    model = add_lora(base, work.r, work.alpha, 0.0, TARGETS[work.targets])
+    model = backends.load_model(
+        work.model, choice, dtype=weight_dtype(precision, hw.device), max_seq_len=work.seq_len,
+        lora=LoraSettings(r=work.r, alpha=work.alpha, dropout=0.0, target_modules=TARGETS[work.targets]),
+        load_in_4bit=False, gradient_checkpointing=False, trust_remote_code=False, seed=work.seed)
     t = TrainingSettings(steps=work.steps, batch_size=work.batch, grad_accum=work.accum,
                          learning_rate=work.lr, lr_scheduler="linear", warmup_ratio=0.0, seed=work.seed,
                          max_seq_len=work.seq_len, save_steps=10**6, val_fraction=0.0,
-                         precision=precision, gradient_checkpointing=False, report_to="none")
+                         precision=precision, gradient_checkpointing=False, report_to="none",
+                         packing=work.off != "packing")
     steps: list[float] = []
     out_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     meter = Meter()
@@ -281,6 +302,20 @@ def variant_d(work: Work) -> dict:
     peak = _peak_rss_gb()
     return {"tok_s": outcome.tokens_per_s or 0.0, "tok_cpu_s": outcome.tokens / meter.cpu_time,
             "train_losses": steps, "eval_loss": eval_loss(model, rows, work), "peak_rss_gb": peak}
+
+
+def _lever_off(lever: str) -> None:
+    """Turn one of fit's levers off in this (child) process."""
+    from backpropagate_core import hf_trainer, speed
+
+    if lever == "labelled":
+        speed.plain_lm_head = lambda model: False  # fit then computes the loss the stock way
+    elif lever == "fused":
+        hf_trainer.OPTIMIZER = "adamw_torch"
+
+
+def variant_e(work: Work) -> dict:
+    return variant_d(work, backend="unsloth")
 
 
 def _result(meter: Meter, log_history: list[dict], model, rows, work: Work) -> dict:
@@ -297,7 +332,7 @@ def _peak_rss_gb() -> float:
 
 # ---- the machine ---------------------------------------------------------------------
 
-def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> tuple[float, float]:
+def matmul_peak(dtype_name: str, n: int = 0, seconds: float = 2.0) -> tuple[float, float]:
     """Dense matmul GFLOP/s in torch for this dtype: (per wall second, per CPU second).
 
     The CPU-second figure is what one thread can do however loaded the machine is."""
@@ -305,6 +340,7 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> tuple[f
 
     dtype = getattr(torch, dtype_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = n or (8192 if device == "cuda" else 2048)  # a GPU needs large products to reach its peak
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     wall = cpu = 0.0
@@ -353,13 +389,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 round: a smoke test")
     parser.add_argument("--steps", type=int, help="optimizer steps per variant [30]")
     parser.add_argument("--rounds", type=int, help="times each variant runs, alternating [2]")
-    parser.add_argument("--variants", default="abcd", help="which of a, b, c, d to run [abcd]")
+    parser.add_argument("--variants", default="abcd", help="which of a, b, c, d, e to run [abcd]")
     parser.add_argument("--targets", choices=sorted(TARGETS), default="all", help="LoRA target modules [all]")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per variant [all cores]; 1 makes tokens per CPU-second "
                              "comparable on a machine other programs are loading")
-    parser.add_argument("--model", default=Work.model)
+    parser.add_argument("--model", default=Work.model, help="preset or local model folder [smollm2-135m]")
     parser.add_argument("--data", default=Work.data)
+    parser.add_argument("--batch", type=int, default=Work.batch, help=f"examples per step [{Work.batch}]")
+    parser.add_argument("--seq-len", type=int, default=Work.seq_len, help=f"max tokens per example [{Work.seq_len}]")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also run d with each speed lever off in turn (see LEVERS)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -371,13 +411,16 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(work.threads)
-        result = globals()[f"variant_{args.child}"](work)
+        if "-" in args.child:
+            work.off = args.child.split("-", 1)[1]
+        result = globals()[f"variant_{args.child[0]}"](work)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     steps = args.steps or (2 if args.quick else 30)
     rounds = args.rounds or (1 if args.quick else 2)
-    work = Work(model=args.model, data=args.data, targets=args.targets, steps=steps, threads=args.threads)
+    work = Work(model=args.model, data=args.data, targets=args.targets, steps=steps, threads=args.threads,
+                batch=args.batch, seq_len=args.seq_len)
     print(f"work: {json.dumps(asdict(work))}")
     print(f"LoRA r={work.r} alpha={work.alpha} on {', '.join(TARGETS[work.targets])}; "
           f"batch {work.batch} x accumulation {work.accum}; max length {work.seq_len}", flush=True)
@@ -389,9 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {"fp32": f32, "bf16": b16, "fp32_cpu": f32_cpu, "bf16_cpu": b16_cpu}
     print(f"matmul peak: fp32 {f32:.0f} GFLOP/s ({f32_cpu:.0f} per CPU-s), bf16 {b16:.0f} GFLOP/s "
           f"({b16_cpu:.0f} per CPU-s) (load {os.getloadavg()[0]:.2f})", flush=True)
-    runs: dict[str, list[dict]] = {v: [] for v in args.variants}
+    variants = list(args.variants) + ([f"d-{lever}" for lever in LEVERS] if args.ablate else [])
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rnd in range(rounds):
-        order = args.variants if rnd % 2 == 0 else args.variants[::-1]
+        order = variants if rnd % 2 == 0 else variants[::-1]
         for v in order:
             result = run_child(v, work, timeout=max(600, 60 * steps))
             runs[v].append(result)
@@ -413,24 +457,24 @@ def _describe(result: dict) -> str:
 def report(runs: dict[str, list[dict]], work: Work, peaks: dict, json_path: str | None) -> int:
     flop = flops_per_token(work.model)
     best: dict[str, dict] = {}
-    print(f"\n{'variant':48s} {'tok/s':>7s} {'vs a':>5s} {'MFU':>6s} {'tok/CPU-s':>9s} {'vs a':>5s} "
+    print(f"\n{'variant':57s} {'tok/s':>7s} {'vs a':>5s} {'MFU':>6s} {'tok/CPU-s':>9s} {'vs a':>5s} "
           f"{'MFU/CPU':>7s} {'eval loss':>9s} {'load':>5s}")
     for v, results in runs.items():
         ok = [r for r in results if "tok_s" in r]
         if not ok:
             why = results[0].get("unavailable") or results[0].get("error", "no result")
-            print(f"{v} {NAMES[v]:46s} unavailable: {why}")
+            print(f"{v:10s} {name(v):46s} unavailable: {why}")
             continue
         best[v] = max(ok, key=lambda r: r["tok_s"])
         best[v]["tok_cpu_s"] = max(r["tok_cpu_s"] for r in ok)
     base = best.get("a", {})
     for v, top in best.items():
-        kind = "fp32" if v == "a" else "bf16"
+        kind = "fp32" if v in ("a", "d-bf16") else "bf16"
         mfu = top["tok_s"] * flop / (peaks[kind] * 1e9) if peaks[kind] else 0.0
         mfu_cpu = top["tok_cpu_s"] * flop / (peaks[f"{kind}_cpu"] * 1e9) if peaks[f"{kind}_cpu"] else 0.0
         wall = f"{top['tok_s'] / base['tok_s']:.2f}" if base else "-"
         cpu = f"{top['tok_cpu_s'] / base['tok_cpu_s']:.2f}" if base else "-"
-        print(f"{v} {NAMES[v]:46s} {top['tok_s']:7.1f} {wall:>5s} {mfu:6.1%} {top['tok_cpu_s']:9.1f} {cpu:>5s} "
+        print(f"{v:10s} {name(v):46s} {top['tok_s']:7.1f} {wall:>5s} {mfu:6.1%} {top['tok_cpu_s']:9.1f} {cpu:>5s} "
               f"{mfu_cpu:7.1%} {top['eval_loss']:9.4f} {top['load']:5.2f}")
     print(f"(best of {max(len(r) for r in runs.values())} alternating rounds; tok/s over training-step wall time, "
           f"tok/CPU-s over the process CPU time of the whole train() call; MFU = tok/s x {flop / 1e6:.0f} MFLOP "
@@ -442,6 +486,8 @@ def report(runs: dict[str, list[dict]], work: Work, peaks: dict, json_path: str 
                       f"{best['d']['tok_cpu_s'] / best[other]['tok_cpu_s']:.2f} (CPU time)")
             else:
                 print(f"d/{other} = unavailable")
+    if "d" in best and "e" in best:
+        print(f"e/d = {best['e']['tok_s'] / best['d']['tok_s']:.2f} (wall): Unsloth backend against our own path")
     if json_path:
         Path(json_path).write_text(json.dumps({"work": asdict(work), "peaks": peaks, "runs": runs}, indent=2))
     return 0

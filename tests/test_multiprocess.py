@@ -63,5 +63,6 @@ def test_two_processes_train_one_run_like_one_process(tiny_llama, dataset, tmp_p
     two_losses, one_losses = step_losses(run.run_dir), step_losses(single.run_dir)
     # With a high learning rate, replicas whose gradients were not all-reduced drift apart
     # within a few steps; synchronised ones follow the one-process run.
+    print(f"2 processes: {two_losses}\n1 process:   {one_losses}")  # shown with pytest -s
     assert len(two_losses) == len(one_losses) == 8
     assert two_losses == pytest.approx(one_losses, rel=2e-3), (two_losses, one_losses)

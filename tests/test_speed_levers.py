@@ -160,15 +160,40 @@ def test_varlen_attention_matches_the_block_mask_and_restores(tiny_llama):
     model = _model(tiny_llama)
     rows = _rows([7, 19, 3, 12], seed=4)
     batch = Collator(0, pack=True)(rows)
+    with_lengths = speed.pack_batch(rows, lengths=True)
     with torch.no_grad():
         masked = model(**batch).loss
         previous = speed.use_varlen_attention(model)
         assert previous == "sdpa"
-        varlen = model(**batch).loss
+        varlen = model(**with_lengths).loss
+        unsplit = model(**batch).loss  # a packed row without lengths still gets its block mask
         padded = _padded_loss(model, rows, pad_id=0)  # unpacked batches still get their mask
         speed.restore_attention(model, previous)
     assert speed.causal_lm(model).config._attn_implementation == "sdpa"
-    assert torch.allclose(varlen, masked, atol=1e-5) and torch.allclose(padded, masked, atol=1e-5)
+    for loss in (varlen, unsplit, padded):
+        assert torch.allclose(loss, masked, atol=1e-5), (loss, masked)
+
+
+def test_grouped_causal_attention_matches_sdpa():
+    """The CPU path of `varlen_sdpa`: grouped query heads, causal, scaled like sdpa."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 6, 13, 8), torch.randn(1, 2, 13, 8), torch.randn(1, 2, 13, 8)
+    expected = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1),
+                                              is_causal=True).transpose(1, 2)
+    assert torch.allclose(speed.grouped_causal_attention(q, k, v, 8 ** -0.5), expected, atol=1e-5)
+
+
+def test_input_casts_are_skipped_only_under_autocast_and_restored(tiny_llama):
+    model = _model(tiny_llama)
+    assert speed.skip_input_casts(model, autocast=False) == []
+    changed = speed.skip_input_casts(model, autocast=True)
+    assert changed and not any(m.cast_input_dtype_enabled for m in changed)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 inputs reach the fp32 adapters
+        model(**speed.pack_batch(_rows([5, 6]))).loss.backward()
+    speed.restore_input_casts(changed)
+    assert all(m.cast_input_dtype_enabled for m in changed)
 
 
 def test_backend_choice(monkeypatch):
