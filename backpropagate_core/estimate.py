@@ -28,6 +28,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from backpropagate_core.speed import MATMUL_ATTENTION_MAX_LEN
+
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit": 0.5625}
 GB = 2**30
 CUDA_OVERHEAD_GB = 0.75
@@ -189,6 +191,9 @@ def estimate(params_b: float | None = None, seq_len: int = 1024, batch: int = 1,
     act_bytes = 4.0 if dtype == "fp32" else 2.0
     activations = tokens * activation_bytes_per_token(
         shape, act_bytes=act_bytes, gradient_checkpointing=gradient_checkpointing, fused_kernels=fused_kernels)
+    if device != "cuda" and seq_len <= MATMUL_ATTENTION_MAX_LEN:
+        # short examples' CPU attention keeps its scores: bf16 scores, fp32 and bf16 probabilities
+        activations += tokens * (1 if gradient_checkpointing else shape.layers) * shape.heads * seq_len * 8
     if fused_kernels:  # the fused linear cross-entropy holds a chunk of about hidden/vocab of the rows
         logits = tokens * shape.hidden * LOGIT_BYTES
     else:

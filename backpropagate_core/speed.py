@@ -1,11 +1,15 @@
 """Speed levers of the training step; `docs/performance.md` has what each one measured.
 
 - Padding-free batches (`pack_batch`): a micro-batch's examples are joined into one row
-  with position ids restarting at 0 for each example and no attention mask. transformers
-  turns restarting position ids into a block-diagonal causal mask (sdpa / eager) or into
-  varlen boundaries (flash-attention), so no example attends to another, and no compute
-  is spent on padding. The label that would be predicted across a boundary is masked,
-  so the loss equals the padded batch's loss.
+  with position ids restarting at 0 for each example and no attention mask. During
+  training `varlen_sdpa` runs attention per example (flash sdpa on GPUs, grouped matmuls
+  on CPUs); a model loaded with flash-attention uses its varlen kernel. No example attends
+  to another, no compute is spent on padding, and memory grows with the examples' lengths,
+  not with the row's. The label that would be predicted across a boundary is masked, so
+  the loss equals the padded batch's loss.
+- bf16 base weights with autocast, and no peft input casts (`skip_input_casts`): the
+  frozen weights are not cast again every step, and LoRA inputs are not copied to fp32
+  only for autocast to copy them back; the LoRA weights and their updates stay fp32.
 - Loss on labelled positions only (`labelled_loss`): the LM head (vocab x hidden, a fifth
   of a small model's FLOPs) and the softmax over the vocabulary run only on positions that
   carry a label (assistant replies), never on prompts. Used for plain-head causal LMs.
@@ -19,9 +23,9 @@ import importlib.util
 
 IGNORE_INDEX = -100
 LABEL_INDEX = "label_index"
+"""Collated key: flat positions whose next token carries a label (computed on the CPU)."""
 PACKED_LENGTHS = "packed_lengths"
 """Collated key: the lengths of the examples in a packed row, as ints (read by `varlen_sdpa`)."""
-"""Collated key: flat positions whose next token carries a label (computed on the CPU)."""
 
 # Architectures whose logits are exactly lm_head(hidden): no soft-capping, scaling or bias.
 _PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3", "granite"})
@@ -70,13 +74,17 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
                                       scaling=scaling, **kwargs)
     split = zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     # split (not slicing): its backward is one concatenation, not a zero-filled copy per example
-    if query.device.type == "cpu" and not (dropout and module.training):
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        parts = [grouped_causal_attention(q, k, v, scale) for q, k, v in split]
-    else:
-        parts = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
-                 for q, k, v in split]
+    matmuls = query.device.type == "cpu" and not (dropout and module.training)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    parts = [grouped_causal_attention(q, k, v, scale) if matmuls and q.shape[2] <= MATMUL_ATTENTION_MAX_LEN
+             else sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+             for q, k, v in split]
     return torch.cat(parts, dim=1), None
+
+
+MATMUL_ATTENTION_MAX_LEN = 192
+"""Longest example whose CPU attention runs as plain matmuls: they keep (length)^2 scores
+per head for backward, and sdpa's flash kernel caught up with them at 256 tokens."""
 
 
 def grouped_causal_attention(query, key, value, scaling: float):

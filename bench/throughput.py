@@ -47,7 +47,8 @@ TARGETS = {"all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 NAMES = {"a": "transformers Trainer + peft (fp32 defaults)", "b": "TRL SFTTrainer (defaults)",
          "c": "Unsloth recipe", "d": "backpropagate", "e": "backpropagate, Unsloth backend"}
 LEVERS = {"packing": "padded batches", "labelled": "loss on every position",
-          "fused": "unfused AdamW", "bf16": "fp32, no autocast"}
+          "fused": "unfused AdamW", "bf16": "fp32, no autocast", "casts": "peft input casts",
+          "attention": "sdpa per example (CPU)"}
 """d with one lever off (`--ablate`): what that lever gives is d's speed over this one's."""
 
 
@@ -312,6 +313,16 @@ def _lever_off(lever: str) -> None:
         speed.plain_lm_head = lambda model: False  # fit then computes the loss the stock way
     elif lever == "fused":
         hf_trainer.OPTIMIZER = "adamw_torch"
+    elif lever == "casts":
+        speed.skip_input_casts = lambda model, autocast: []
+    elif lever == "attention":
+        def sdpa_per_example(query, key, value, scaling):
+            import torch.nn.functional as F
+
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
+                                                  enable_gqa=True).transpose(1, 2)
+
+        speed.grouped_causal_attention = sdpa_per_example
 
 
 def variant_e(work: Work) -> dict:
@@ -398,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=Work.data)
     parser.add_argument("--batch", type=int, default=Work.batch, help=f"examples per step [{Work.batch}]")
     parser.add_argument("--seq-len", type=int, default=Work.seq_len, help=f"max tokens per example [{Work.seq_len}]")
-    parser.add_argument("--ablate", action="store_true",
-                        help="also run d with each speed lever off in turn (see LEVERS)")
+    parser.add_argument("--ablate", nargs="?", const=",".join(LEVERS), default="",
+                        help=f"also run d with each speed lever off in turn [{','.join(LEVERS)}]")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -432,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {"fp32": f32, "bf16": b16, "fp32_cpu": f32_cpu, "bf16_cpu": b16_cpu}
     print(f"matmul peak: fp32 {f32:.0f} GFLOP/s ({f32_cpu:.0f} per CPU-s), bf16 {b16:.0f} GFLOP/s "
           f"({b16_cpu:.0f} per CPU-s) (load {os.getloadavg()[0]:.2f})", flush=True)
-    variants = list(args.variants) + ([f"d-{lever}" for lever in LEVERS] if args.ablate else [])
+    variants = list(args.variants) + [f"d-{lever}" for lever in args.ablate.split(",") if lever]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for rnd in range(rounds):
         order = variants if rnd % 2 == 0 else variants[::-1]
