@@ -69,15 +69,17 @@ def load_model(spec: str, choice: Choice, *, dtype, lora, max_seq_len: int, load
 
 
 def _this_gpu() -> dict | None:
-    """Load straight onto this process's GPU: no CPU copy of the weights first (a model may
-    be larger than RAM), and Liger's Triton kernels then never meet a tensor left on the CPU."""
-    import os
-
+    """A single-process CUDA run loads straight onto the GPU: no CPU copy of the weights
+    first, and Liger's Triton kernels never meet a tensor left behind on the CPU. Under
+    `accelerate launch` the model stays where accelerate expects it (FSDP and DeepSpeed
+    shard it from there)."""
     import torch
 
-    if not torch.cuda.is_available():
+    from backpropagate_core import distributed
+
+    if not torch.cuda.is_available() or distributed.world_size() > 1:
         return None
-    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": 0}
 
 
 def _seed(seed: int) -> None:
