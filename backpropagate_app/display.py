@@ -449,3 +449,50 @@ def report_view(report: dict) -> dict:
         "preview": [[{"role": m.get("role", "text"), "content": str(m.get("content", ""))[:2000]}
                      for m in messages] for messages in (report.get("preview") or [])[:5]],
     }
+
+
+def plan_memory(plan: dict) -> dict[str, str]:
+    """What `memory_line` needs from `worker.plan()` output, as text for the UI state."""
+    training = (plan.get("config") or {}).get("training") or {}
+    return {"device": str(plan.get("device") or ""), "memory_gb": str(plan.get("memory_gb") or 0),
+            "label_fraction": str(plan.get("label_fraction") or 1), "precision": str(training.get("precision") or "fp32"),
+            "load_in_4bit": "1" if training.get("load_in_4bit") else "",
+            "gradient_checkpointing": "1" if training.get("gradient_checkpointing") else ""}
+
+
+def memory_line(model: str, form: dict[str, str], planned: dict[str, str], plan: dict[str, str]) -> str:
+    """What the form's settings need in memory (the engine's estimator), against what this
+    machine has (`plan_memory`); recomputed as the person edits batch size, sequence length
+    or rank."""
+    from backpropagate_core.estimate import estimate, shape_of
+
+    def chosen(key: str) -> int | None:  # what the run would use: the person's text, else the plan's
+        text = (form.get(key) or "").strip() or (planned.get(key) or "").strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() and number > 0 else None
+
+    seq, batch, r, device = chosen("max_seq_len"), chosen("batch_size"), chosen("r"), plan.get("device")
+    if not (model and seq and batch and r and device):
+        return ""
+    try:
+        shape = shape_of(model)
+    except BackpropError:
+        return "Memory: no estimate for this model until its config.json is on disk"
+    precision = plan.get("precision") or "fp32"
+    dtype = "4bit" if plan.get("load_in_4bit") else precision
+    device = "cuda" if device == "cuda" else "cpu"
+    est = estimate(None, seq, batch, shape=shape, dtype=dtype, r=r, device=device,
+                   gradient_checkpointing=bool(plan.get("gradient_checkpointing")),
+                   label_fraction=float(plan.get("label_fraction") or 1.0))
+    where = "free on the GPU" if device == "cuda" else "of RAM"
+    have = float(plan.get("memory_gb") or 0.0)
+    line = (f"Memory: about {est.total_gb:.1f} GB of {have:.1f} GB {where} (weights {est.weights_gb:.2f}, "
+            f"LoRA + optimizer {est.lora_gb + est.optimizer_gb:.2f}, activations {est.activations_gb:.2f}, "
+            f"logits {est.logits_gb:.2f}, runtime {est.overhead_gb:.2f})")
+    if have and est.total_gb > have * 0.85:
+        line += (" — may not fit: lower the batch size (gradient accumulation keeps the effective batch)"
+                 " or the max sequence length")
+    return line

@@ -276,7 +276,14 @@ def plan_run(config: RunConfig) -> dict:
                        "lora": config.lora.model_dump(mode="json")},
             "reasons": prep.resolved.reasons, "device": prep.hardware.device,
             "format": prep.data_format, "examples": prep.n_examples,
-            "train_examples": len(prep.train_rows), "val_examples": len(prep.val_rows)}
+            "train_examples": len(prep.train_rows), "val_examples": len(prep.val_rows),
+            "memory_gb": prep.hardware.memory_gb, "label_fraction": _label_fraction(prep.train_rows)}
+
+
+def _label_fraction(rows: list[dict]) -> float:
+    """Share of the training tokens that carry a label (the LM head runs on those only)."""
+    total = sum(len(r["labels"]) for r in rows)
+    return sum(label != -100 for r in rows for label in r["labels"]) / total if total else 1.0
 
 
 def _train(config: RunConfig, run_id: str, run_dir: Path, sink: ev.Sink, resume: bool) -> TrainResult:

@@ -265,3 +265,19 @@ def test_errors_become_coded_views():
     assert view["code"] == "INPUT_DATASET_EMPTY" and view["hint"]
     unexpected = d.unexpected_error(ValueError("boom"))
     assert unexpected["code"] == "RUNTIME_UNEXPECTED" and "ValueError: boom" in unexpected["message"]
+
+
+def test_memory_line_uses_the_form_then_the_plan(tiny_llama):
+    from backpropagate_app.display import memory_line, plan_memory
+
+    plan = {"device": "cpu", "memory_gb": 8.0, "label_fraction": 0.5,
+            "config": {"training": {"precision": "bf16", "load_in_4bit": False}}}
+    facts = plan_memory(plan)
+    planned = {"max_seq_len": "128", "batch_size": "4", "r": "16"}
+    small = memory_line(str(tiny_llama), {}, planned, facts)
+    assert small.startswith("Memory: about") and "of 8.0 GB of RAM" in small and "may not fit" not in small
+    huge = memory_line(str(tiny_llama), {"batch_size": "200000"}, planned, facts)
+    assert "may not fit" in huge
+    assert memory_line(str(tiny_llama), {"batch_size": "abc"}, {"max_seq_len": "128", "r": "16"}, facts) == ""
+    assert "no estimate" in memory_line("someone/unknown-model", {}, planned, facts)
+    assert memory_line(str(tiny_llama), {}, planned, {}) == ""  # no plan yet

@@ -79,6 +79,8 @@ def test_dataset_report_and_plan_run_out_of_process(tiny_llama, dataset, tmp_pat
     plan = worker.plan(str(tiny_llama), str(dataset), {"steps": 7})
     assert plan["config"]["training"]["steps"] == 7
     assert plan["reasons"]["steps"] == "set by you" and "learning_rate" in plan["reasons"]
+    # what the Train page's memory estimate needs: this machine's memory, the labelled share
+    assert plan["memory_gb"] > 0 and 0 < plan["label_fraction"] < 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     with pytest.raises(BackpropError) as err:

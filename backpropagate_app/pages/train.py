@@ -8,9 +8,9 @@ import reflex as rx
 
 from backpropagate_app import components as ui
 from backpropagate_app import engine
-from backpropagate_app.display import (FORM_FIELDS, EMPTY_RUN_VIEW, default_captions,
-                                       error_view, field_captions, form_overrides, merge_plan, plan_form,
-                                       unexpected_error)
+from backpropagate_app.display import (FORM_FIELDS, EMPTY_RUN_VIEW, default_captions, error_view,
+                                       field_captions, form_overrides, memory_line, merge_plan, plan_form,
+                                       plan_memory, unexpected_error)
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
@@ -54,6 +54,8 @@ class TrainState(rx.State):
     form: dict[str, str] = {}
     planned: dict[str, str] = {}
     captions: dict[str, str] = {}
+    plan_facts: dict[str, str] = {}
+    """Device, memory and precision from the last plan, for `memory_note`."""
     planning: bool = False
     _plan_ticket: int = 0
     plan_error: dict[str, str] = {}
@@ -85,6 +87,14 @@ class TrainState(rx.State):
     def field_notes(self) -> dict[str, str]:
         return field_captions(self.form, self.planned, self.captions)
 
+    @rx.var
+    def memory_note(self) -> str:
+        try:
+            model = engine.model_spec(self.model_choice, self.custom_model)
+        except BackpropError:
+            return ""
+        return memory_line(model, self.form, self.planned, self.plan_facts)
+
     @rx.event(background=True)
     async def refresh_plan(self):
         """Ask the engine for its defaults (and why) for this model and dataset. Only the
@@ -100,9 +110,11 @@ class TrainState(rx.State):
             self._plan_ticket += 1
             ticket = self._plan_ticket
             self.planning, self.plan_error = True, {}
-        values, captions, error = None, None, {}
+        values, captions, facts, error = None, None, {}, {}
         try:
-            values, captions = plan_form(await asyncio.to_thread(engine.plan, model, data))
+            plan = await asyncio.to_thread(engine.plan, model, data)
+            values, captions = plan_form(plan)
+            facts = plan_memory(plan)
         except BackpropError as err:
             error = error_view(err)
         except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
@@ -113,7 +125,7 @@ class TrainState(rx.State):
                     self.planning, self.plan_error = False, error
                     if values is not None:
                         self.form = merge_plan(self.form, self.planned, values)
-                        self.planned, self.captions = values, captions
+                        self.planned, self.captions, self.plan_facts = values, captions, facts
 
     @rx.event
     def set_model_choice(self, value: str):
@@ -253,6 +265,10 @@ def setup_card() -> rx.Component:
         ui.error_callout(S.plan_error, test_id="plan-error"),
         rx.grid(*[field(key, label) for key, label, _t in FORM_FIELDS],
                 columns=rx.breakpoints(initial="1", sm="2", lg="4"), spacing="4", width="100%"),
+        rx.cond(S.memory_note != "",
+                rx.callout(S.memory_note, icon="memory-stick", size="1", variant="surface",
+                           color_scheme=rx.cond(S.memory_note.contains("may not fit"), "orange", "gray"),
+                           data_testid="memory-estimate")),
         rx.vstack(rx.text("Run name (optional)", size="2", weight="bold"),
                   rx.input(value=S.run_name, on_change=S.set_run_name, placeholder="my-first-run",
                            disabled=TrainRun.active, data_testid="run-name"),

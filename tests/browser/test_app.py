@@ -87,6 +87,22 @@ def test_bad_files_show_coded_errors(page, server, tmp_path):
     screenshot(page, "dataset-error")
 
 
+def test_memory_estimate_follows_the_form(page, server):
+    """The Train page shows the estimator's figure for the settings in the form, and warns
+    when they would not fit this machine."""
+    fill_settings(page, server, steps=5, name="memory-check")
+    note = page.get_by_test_id("memory-estimate")
+    expect(note).to_contain_text("Memory: about", timeout=120_000)
+    expect(note).to_contain_text("of RAM")
+    expect(note).not_to_contain_text("may not fit")
+    page.get_by_test_id("field-batch_size").fill("100000")
+    page.get_by_test_id("field-max_seq_len").fill("8192")
+    expect(note).to_contain_text("may not fit")
+    screenshot(page, "train-memory-warning")
+    page.get_by_test_id("field-batch_size").fill("2")
+    expect(note).not_to_contain_text("may not fit")
+
+
 def test_train_run_streams_and_finishes(page, server):
     fill_settings(page, server, steps=40, name="browser-finish")
     expect(page.get_by_test_id("reason-learning_rate")).to_contain_text("LoRA rate", timeout=120_000)
