@@ -258,3 +258,15 @@ def test_fit_runs_the_labelled_loss_under_autocast(tiny_llama, tiny_tokenizer, t
     fit(model, tiny_tokenizer, _rows([9, 12, 7, 10]), [], t, run_id="r", output_dir=tmp_path / "ckpt",
         sink=lambda e: None, resume_from=None, cancel_flag=tmp_path / "CANCEL")
     assert seen and all(seen), seen
+
+
+def test_single_process_cuda_runs_load_onto_the_gpu(monkeypatch):
+    """Liger's Triton kernels failed on an H200 for a model loaded on the CPU and moved by
+    the Trainer; a single-process CUDA run loads straight onto its GPU instead."""
+    from backpropagate_core import backends
+
+    assert backends._this_gpu() is None  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backends._this_gpu() == {"": 0}
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under accelerate launch, accelerate places the model
+    assert backends._this_gpu() is None
