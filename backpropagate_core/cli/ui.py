@@ -8,6 +8,7 @@ Training runs in worker processes of their own; stopping the UI never stops them
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -61,11 +62,10 @@ def check_can_start(host: str, port: int, env: dict[str, str], repo: Path = REPO
     if not (repo / "rxconfig.py").is_file():
         raise BackpropError("UI_START_FAILED", f"no rxconfig.py in {repo}",
                             hint="Run `backprop ui` from a checkout of the repository (pip install -e .).")
-    try:
-        import reflex  # noqa: F401
-    except ImportError:
+    # Only looked up: the engine never imports reflex; the UI server process does.
+    if importlib.util.find_spec("reflex") is None:
         raise BackpropError("DEP_MISSING", "the web app needs reflex",
-                            hint="pip install -e '.[ui]' (or `make install`).") from None
+                            hint="pip install -e '.[ui]' (or `make install`).")
     if not shutil.which("bun", path=env.get("PATH")) and not env.get("REFLEX_USE_NPM"):
         raise BackpropError("DEP_MISSING", "the web app needs the bun JavaScript runtime",
                             hint="`make install` installs it under .tools/ from the npm registry.")
