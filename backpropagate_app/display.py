@@ -455,7 +455,8 @@ def plan_memory(plan: dict) -> dict[str, str]:
     """What `memory_line` needs from `worker.plan()` output, as text for the UI state."""
     training = (plan.get("config") or {}).get("training") or {}
     return {"device": str(plan.get("device") or ""), "memory_gb": str(plan.get("memory_gb") or 0),
-            "label_fraction": str(plan.get("label_fraction") or 1), "precision": str(training.get("precision") or "fp32"),
+            "label_fraction": str(plan.get("label_fraction") or 1),
+            "precision": str(training.get("precision") or "fp32"),
             "load_in_4bit": "1" if training.get("load_in_4bit") else "",
             "gradient_checkpointing": "1" if training.get("gradient_checkpointing") else ""}
 

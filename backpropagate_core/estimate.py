@@ -23,12 +23,11 @@ allocator allowance on top (`bench/memory.py` prints estimate against measuremen
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from backpropagate_core.speed import MATMUL_ATTENTION_MAX_LEN
+from backpropagate_core.speed import MATMUL_ATTENTION_MAX_LEN, liger_available
 
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "4bit": 0.5625}
 GB = 2**30
@@ -174,7 +173,7 @@ def estimate(params_b: float | None = None, seq_len: int = 1024, batch: int = 1,
     kernels, which training uses on CUDA when installed (None: whether that is the case).
     """
     if fused_kernels is None:
-        fused_kernels = device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+        fused_kernels = liger_available(device)
     params = shape.params if shape is not None else (params_b or 1.0) * 1e9
     if shape is None:
         shape = guess_shape(params_b or 1.0)

@@ -283,7 +283,9 @@ def plan_run(config: RunConfig) -> dict:
 def _label_fraction(rows: list[dict]) -> float:
     """Share of the training tokens that carry a label (the LM head runs on those only)."""
     total = sum(len(r["labels"]) for r in rows)
-    return sum(label != -100 for r in rows for label in r["labels"]) / total if total else 1.0
+    from backpropagate_core.speed import IGNORE_INDEX
+
+    return sum(label != IGNORE_INDEX for r in rows for label in r["labels"]) / total if total else 1.0
 
 
 def _train(config: RunConfig, run_id: str, run_dir: Path, sink: ev.Sink, resume: bool) -> TrainResult:
