@@ -2,9 +2,10 @@
 
 Either way the model then trains through `hf_trainer.fit`, so events, checkpoints, the
 adapter and every export are the same. `backend="auto"` picks Unsloth only where it is
-installed, imports, and is the faster of the two: on CUDA GPUs (its Triton kernels). On
-CPUs Unsloth runs stock transformers + peft with bf16 weights and a chunked loss, and
-our own path measured faster there (`docs/performance.md`), so auto keeps ours.
+installed and runs on CUDA, where its Triton kernels are made for the job (no GPU comparison
+against our own path has been measured yet: `docs/performance.md`). On CPUs Unsloth runs
+stock transformers + peft with bf16 weights and a chunked loss, and our own path measured
+1.9x faster there, so auto keeps ours.
 
 Importing Unsloth patches transformers and TRL for the whole process; that is why it
 only happens here, in the training process, and only when Unsloth was chosen.
@@ -46,7 +47,7 @@ def choose(requested: str, device: str) -> Choice:
         return Choice("transformers", "Unsloth is not installed")
     if device != "cuda":
         return Choice("transformers", "on CPUs our own path measured faster than Unsloth's CPU fallback")
-    return Choice("unsloth", "Unsloth is installed and its CUDA kernels are faster on GPUs")
+    return Choice("unsloth", "Unsloth is installed and has CUDA kernels for this GPU")
 
 
 def load_model(spec: str, choice: Choice, *, dtype, lora, max_seq_len: int, load_in_4bit: bool,
