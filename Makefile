@@ -13,7 +13,6 @@ export REFLEX_USE_SYSTEM_BUN := 1
 export REFLEX_DIR := $(TOOLS)/reflex
 export REFLEX_CHECK_LATEST_VERSION := 0
 export REFLEX_TELEMETRY_ENABLED := false
-export NPM_CONFIG_REGISTRY := https://registry.npmjs.org/
 export BUN_INSTALL_CACHE_DIR := $(TOOLS)/bun-cache
 export BUN_RUNTIME_TRANSPILER_CACHE_PATH := $(TOOLS)/bun-transpiler-cache
 export PATH := $(TOOLS)/node_modules/.bin:$(CURDIR)/$(BIN):$(PATH)

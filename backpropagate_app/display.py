@@ -1,4 +1,4 @@
-"""Turn engine data (runs, event dicts, reports, plans) into what the pages show.
+"""Turn engine data (runs, event dicts, dataset reports) into what the pages show.
 
 Plain functions and one accumulator class, no Reflex: the States call these and copy the
 results into their vars, and the unit tests check them without a browser.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from backpropagate_core.config import LoraSettings, TrainingSettings
 from backpropagate_core.errors import BackpropError
+from backpropagate_core.runs.protocol import DatasetReport
 
 MAX_CHART_POINTS = 400
 """Charts get at most this many points; longer runs are thinned evenly (last point kept)."""
@@ -179,7 +180,9 @@ _LOG_TEXT: dict[str, Any] = {
     "eval": lambda e: f"eval at step {e.get('step')} · {e.get('split', 'validation')} loss {fmt_loss(e.get('loss'))}",
     "checkpoint": lambda e: f"checkpoint at step {e.get('step')} → {e.get('path')}",
     "log": lambda e: f"{e.get('level', 'INFO')}: {e.get('message', '')}",
-    "finished": lambda e: f"finished · final loss {fmt_loss(e.get('final_loss'))} after {e.get('steps')} steps",
+    "finished": lambda e: (f"exported {e['artifacts']['export']}" if "export" in (e.get("artifacts") or {})
+                           else f"finished · final loss {fmt_loss(e.get('final_loss'))} after {e.get('steps')} steps"),
+    "export_progress": lambda e: " · ".join(filter(None, (e.get("stage"), e.get("message")))),
     "failed": lambda e: f"failed [{e.get('code')}] {e.get('message', '')}",
     "cancelled": lambda e: f"stopped at step {e.get('step')}"
                            + (f" · checkpoint {e['checkpoint']}" if e.get("checkpoint") else ""),
@@ -343,157 +346,39 @@ def event_rows(rows: list[tuple[int, dict]]) -> list[dict]:
     return out
 
 
-# ---- the training form --------------------------------------------------------------------
-
-FORM_FIELDS: list[tuple[str, str, type]] = [
-    ("steps", "Steps", int),
-    ("learning_rate", "Learning rate", float),
-    ("batch_size", "Batch size", int),
-    ("grad_accum", "Gradient accumulation", int),
-    ("max_seq_len", "Max sequence length", int),
-    ("r", "LoRA rank", int),
-    ("alpha", "LoRA alpha", int),
-]
-"""(config key, label, type) of the hyperparameters the Train page lets a person edit."""
-
-_DESCRIPTIONS = {**{k: f.description for k, f in TrainingSettings.model_fields.items()},
-                 **{k: f.description for k, f in LoraSettings.model_fields.items()}}
-
-
-def plan_form(plan: dict) -> tuple[dict[str, str], dict[str, str]]:
-    """Form values and a caption per field from `worker.plan()` output."""
-    config = dict(_flatten(plan.get("config") or {}))
-    leaves = {k.rsplit(".", 1)[-1]: v for k, v in config.items()}
-    reasons = plan.get("reasons") or {}
-    values, captions = {}, {}
-    for key, _label, _type in FORM_FIELDS:
-        value = leaves.get(key)
-        values[key] = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
-        captions[key] = reasons.get(key) or _default_caption(key)
-    return values, captions
-
-
-def merge_plan(form: dict[str, str], planned: dict[str, str], fresh: dict[str, str]) -> dict[str, str]:
-    """The form after a new plan arrives: fields the person edited keep their text, the
-    rest take the fresh plan's values."""
-    return {key: form[key] if form.get(key, "") != planned.get(key, "") else fresh.get(key, "")
-            for key, _label, _type in FORM_FIELDS}
-
-
-def field_captions(form: dict[str, str], planned: dict[str, str], captions: dict[str, str]) -> dict[str, str]:
-    """The caption under each field: the plan's reason, or what the plan would have used
-    once the person typed their own value."""
-    shown = {}
-    for key, _label, _type in FORM_FIELDS:
-        mine, plans = (form.get(key) or "").strip(), (planned.get(key) or "").strip()
-        if plans and mine != plans:
-            shown[key] = f"set by you; the plan chose {plans} ({captions.get(key, '')})"
-        else:
-            shown[key] = captions.get(key, "")
-    return shown
-
-
-def default_captions() -> dict[str, str]:
-    return {key: _default_caption(key) for key, _l, _t in FORM_FIELDS}
-
-
-def _default_caption(key: str) -> str:
-    # The field docs speak of None; in the form a blank field means "choose for me".
-    return (_DESCRIPTIONS.get(key) or "").replace("None ", "Blank ")
-
-
-def form_overrides(form: dict[str, str], planned: dict[str, str]) -> dict[str, Any]:
-    """Overrides for `start_run`: the fields a person changed from the plan (blank = auto).
-
-    Raises one CONFIG_INVALID listing every field that is not a number of the right kind.
-    """
-    overrides: dict[str, Any] = {}
-    problems = []
-    for key, label, kind in FORM_FIELDS:
-        text = (form.get(key) or "").strip()
-        if not text or text == (planned.get(key) or "").strip():
-            continue
-        try:
-            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
-        except ValueError:
-            problems.append(f"{label}: {text!r} is not {'a whole number' if kind is int else 'a number'}")
-            continue
-        if value <= 0:
-            problems.append(f"{label}: must be greater than 0 (got {text})")
-            continue
-        overrides[key] = value
-    if problems:
-        raise BackpropError("CONFIG_INVALID", "; ".join(problems))
-    return overrides
-
-
 # ---- dataset report -------------------------------------------------------------------------
 
-def report_view(report: dict) -> dict:
-    """Summary figures, chart bars, problems and chat previews from a dataset report."""
-    pct = report.get("token_percentiles") or {}
+@dataclass
+class ReportSummary:
+    """The figures of the Dataset page's summary card."""
+
+    format: str = ""
+    """Empty until a report arrived."""
+    examples: int = 0
+    duplicates: int = 0
+    empty: int = 0
+    over_long: int = 0
+    tokens: str = ""
+    """Token-length percentiles as one line."""
+    total_tokens: str = DASH
+    """With thousands separators."""
+
+
+def report_view(report: DatasetReport) -> dict:
+    """The summary, chart bars, problems and chat previews of a dataset report."""
+    pct = report.token_percentiles or {}
+    summary = ReportSummary(
+        format=report.format, examples=report.examples, duplicates=report.duplicates, empty=report.empty,
+        over_long=report.over_long,
+        tokens=(f"p50 {pct.get('p50')} · p95 {pct.get('p95')} · max {pct.get('max')}"
+                if pct else "no tokenizer: token counts skipped"),
+        total_tokens=f"{report.total_tokens:,}" if report.total_tokens else DASH)
     return {
-        "format": report.get("format", ""),
-        "examples": str(report.get("examples", 0)),
-        "duplicates": str(report.get("duplicates", 0)),
-        "empty": str(report.get("empty", 0)),
-        "over_long": str(report.get("over_long", 0)),
-        "tokens": (f"p50 {pct.get('p50')} · p95 {pct.get('p95')} · max {pct.get('max')}"
-                   if pct else "no tokenizer: token counts skipped"),
-        "total_tokens": f"{report['total_tokens']:,}" if report.get("total_tokens") else DASH,
-        "histogram": histogram_bars(report.get("histogram") or []),
-        "problems": [{"line": DASH if p.get("line") is None else str(p["line"]),
-                      "code": p.get("code", ""), "message": p.get("message", "")}
-                     for p in (report.get("problems") or [])[:200]],
-        "problem_count": len(report.get("problems") or []),
-        "preview": [[{"role": m.get("role", "text"), "content": str(m.get("content", ""))[:2000]}
-                     for m in messages] for messages in (report.get("preview") or [])[:5]],
+        "summary": summary,
+        "histogram": histogram_bars([b.model_dump() for b in report.histogram]),
+        "problems": [{"line": DASH if p.line is None else str(p.line), "code": p.code, "message": p.message}
+                     for p in report.problems[:200]],
+        "problem_count": len(report.problems),
+        "preview": [[{"role": m.role, "content": m.content[:2000]} for m in messages]
+                    for messages in report.preview[:5]],
     }
-
-
-def plan_memory(plan: dict) -> dict[str, str]:
-    """What `memory_line` needs from `worker.plan()` output, as text for the UI state."""
-    training = (plan.get("config") or {}).get("training") or {}
-    return {"device": str(plan.get("device") or ""), "memory_gb": str(plan.get("memory_gb") or 0),
-            "label_fraction": str(plan.get("label_fraction") or 1),
-            "precision": str(training.get("precision") or "fp32"),
-            "load_in_4bit": "1" if training.get("load_in_4bit") else "",
-            "gradient_checkpointing": "1" if training.get("gradient_checkpointing") else ""}
-
-
-def memory_line(model: str, form: dict[str, str], planned: dict[str, str], plan: dict[str, str]) -> str:
-    """What the form's settings need in memory (the engine's estimator), against what this
-    machine has (`plan_memory`); recomputed as the person edits batch size, sequence length
-    or rank."""
-    from backpropagate_core.estimate import estimate, shape_of
-
-    def chosen(key: str) -> int | None:  # what the run would use: the person's text, else the plan's
-        text = (form.get(key) or "").strip() or (planned.get(key) or "").strip()
-        try:
-            number = float(text)
-        except ValueError:
-            return None
-        return int(number) if number.is_integer() and number > 0 else None
-
-    seq, batch, r, device = chosen("max_seq_len"), chosen("batch_size"), chosen("r"), plan.get("device")
-    if not (model and seq and batch and r and device):
-        return ""
-    try:
-        shape = shape_of(model)
-    except BackpropError:
-        return "Memory: no estimate for this model until its config.json is on disk"
-    precision = plan.get("precision") or "fp32"
-    dtype = "4bit" if plan.get("load_in_4bit") else precision
-    device = "cuda" if device == "cuda" else "cpu"
-    est = estimate(None, seq, batch, shape=shape, dtype=dtype, r=r, device=device,
-                   gradient_checkpointing=bool(plan.get("gradient_checkpointing")),
-                   label_fraction=float(plan.get("label_fraction") or 1.0))
-    where = "free on the GPU" if device == "cuda" else "of RAM"
-    have = float(plan.get("memory_gb") or 0.0)
-    line = (f"Memory: about {est.total_gb:.1f} GB of {have:.1f} GB {where} (weights {est.weights_gb:.2f}, "
-            f"LoRA + optimizer {est.lora_gb + est.optimizer_gb:.2f}, activations {est.activations_gb:.2f}, "
-            f"logits {est.logits_gb:.2f}, runtime {est.overhead_gb:.2f})")
-    if have and est.total_gb > have * 0.85:
-        line += (" — may not fit: lower the batch size (gradient accumulation keeps the effective batch)"
-                 " or the max sequence length")
-    return line

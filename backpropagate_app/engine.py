@@ -1,9 +1,11 @@
 """What the app asks of the engine: settings, the run store, launchers, presets, files.
 
-Everything here is import-light: training, dataset reports and plans run in engine
-subprocesses started by `backpropagate_core.worker`, so the UI server never loads torch.
-The blocking calls (SQLite, subprocesses) are plain functions; the States run them with
-`asyncio.to_thread` so the event loop stays free.
+Everything here is import-light, so the UI server never loads torch: training and exports
+run in worker processes (`backpropagate_core.runs.worker`), and dataset reports, plans and
+chat answers come, typed, from the long-lived engine helper (`backpropagate_core.runs.client`),
+which keeps tokenizers and models loaded between questions. The blocking calls (SQLite,
+the helper) are plain functions; the States run them with `asyncio.to_thread` so the
+event loop stays free.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from backpropagate_app import limits
-from backpropagate_core import presets, sandbox, worker
+from backpropagate_core.model import presets
+from backpropagate_core.serve import sandbox
+from backpropagate_core.runs import worker
+from backpropagate_core.runs.protocol import ChatAnswer, DatasetReport, Plan
 from backpropagate_core.config import Settings, load_settings
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO_ROOT / "examples"
@@ -42,7 +47,7 @@ def store() -> RunStore:
 def preset_options() -> list[dict[str, str]]:
     """Presets for the model picker, each labelled with its size and memory needs."""
     return [{"value": p.name,
-             "label": f"{p.name} · {p.params_b:g}B · {p.vram_gb:g} GB VRAM "
+             "label": f"{p.name} · {p.params_b:.3g}B · {p.vram_gb:g} GB VRAM "
                       f"({p.vram_gb_4bit:g} GB 4-bit)",
              "description": p.description} for p in presets.PRESETS]
 
@@ -114,13 +119,15 @@ def workspace_files() -> list[dict[str, str]]:
     return found
 
 
-# ---- engine work (subprocesses) -----------------------------------------------------------
+# ---- engine work (helper, workers) --------------------------------------------------------
 
-def dataset_report(path: str, model: str | None) -> dict:
+def dataset_report(path: str, model: str | None) -> DatasetReport:
+    """The report on a workspace dataset; token statistics with `model`'s tokenizer."""
     return worker.dataset_report(workspace_path(path), model=model or None)
 
 
-def plan(model: str, data: str, overrides: dict | None = None) -> dict:
+def plan(model: str, data: str, overrides: dict | None = None) -> Plan:
+    """The settings a run would use on a workspace dataset, and why."""
     return worker.plan(model, workspace_path(data), overrides or None)
 
 
@@ -130,6 +137,15 @@ def start_run(model: str, data: str, name: str | None, overrides: dict) -> str:
     return worker.start_run(model, data, name=name or None, overrides=overrides, home=settings().home)
 
 
+def start_multi_run(model: str, data: str, name: str | None, fresh: bool, options: dict) -> str:
+    """Start a campaign's worker (LoRA runs over successive chunks of `data`); returns its
+    run id. `options` are the campaign settings (`multirun_view.campaign_options`)."""
+    data = workspace_path(data)
+    limits.allow("start")  # a campaign is a process training on this machine, like a run
+    return worker.start_multi_run(model, data, name=name or None, fresh=fresh, home=settings().home,
+                                  **options)
+
+
 def cancel_run(run_id: str) -> None:
     worker.cancel_run(run_id, home=settings().home)
 
@@ -137,3 +153,21 @@ def cancel_run(run_id: str) -> None:
 def resume_run(run_id: str) -> str:
     limits.allow("start")
     return worker.resume_run(run_id, home=settings().home)
+
+
+def start_export(run_id: str, fmt: str, quantization: str | None, checkpoint: str | None,
+                 ollama_name: str | None) -> str:
+    """Start exporting a training run (its final adapter, or `checkpoint`) in a worker;
+    returns the export run's id (a run of kind "export" whose parent is `run_id`)."""
+    limits.allow("start")  # an export is a process working this machine hard, like a run
+    # The Ollama host is the server's setting: the browser never chooses where files are uploaded.
+    return worker.start_export(run_id, fmt, quantization, checkpoint=checkpoint, ollama_name=ollama_name,
+                               home=settings().home)
+
+
+def chat_once(target: str, prompt: str, gguf: str | None, max_new_tokens: int) -> ChatAnswer:
+    """Greedy answers to one question from a run's adapter (or checkpoint folder) and, when
+    `gguf` is given, from that GGUF in llama.cpp; the engine helper keeps the model loaded
+    for the next question."""
+    return worker.chat_once(target, [{"role": "user", "content": prompt}], gguf=gguf,
+                            max_new_tokens=max_new_tokens, compare=gguf is not None)

@@ -1,5 +1,6 @@
-"""What the Export page shows: runs to export, options with their sizes, an export job's
-progress and result, chat answers.
+"""What the Export page shows: runs to export, options with their sizes, the progress and
+result of an export run (a run of kind "export" whose parent is the training run), chat
+answers.
 
 Plain functions and one accumulator class, no Reflex, so the unit tests check them
 without a browser. Everything reads the run store and files; nothing loads a model.
@@ -11,11 +12,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from backpropagate_app.display import DASH, fmt_clock, fmt_duration, short_name
-from backpropagate_core import estimate, presets
+from backpropagate_app.display import DASH, fmt_clock, fmt_duration, fmt_time, short_name
+from backpropagate_core.model import presets
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.export import QUANTIZATIONS, estimated_size_bytes
-from backpropagate_core.export.jobs import checkpoints, final_adapter
+from backpropagate_core.export.jobs import KIND, checkpoints, final_adapter
+from backpropagate_core.runs.layout import RunDir
 
 FINAL = "final"
 """Source picker value for a run's final adapter (the others are checkpoint names)."""
@@ -57,17 +59,16 @@ def param_count(model: str | None) -> int | None:
     if not model:
         return None
     try:
-        return estimate.shape_of(model).params
+        return presets.shape_of(model).params
     except (BackpropError, KeyError, TypeError, ValueError, OSError):
-        preset = presets.get(model)
-        return int(preset.params_b * 1e9) if preset else None
+        return None
 
 
 def exportable_runs(store) -> list[dict[str, str]]:
     """Runs with a final adapter, newest first, then runs with only checkpoints (stopped
     early), as {value, label}."""
     finished, partial = [], []
-    for run in store.list(limit=200):
+    for run in store.list(limit=200, top_level=True):
         has_final = (final_adapter(run) / "adapter_config.json").is_file()
         if run.active or not (has_final or checkpoints(run.run_dir)):
             continue
@@ -137,7 +138,7 @@ def gguf_path(summary: dict, key: str) -> str | None:
 
 
 def run_info(store, run_id: str) -> dict[str, Any]:
-    """Everything the page shows about one run besides its export job."""
+    """Everything the page shows about one run besides its newest export run."""
     run = store.get(run_id)
     n_params = param_count(run.config.get("model") or run.model)
     return {"run_id": run.id, "name": run.name or run.id[:8], "model": short_name(run.model),
@@ -164,7 +165,7 @@ def default_ollama_name(run_name: str, quantization: str | None) -> str:
     return f"{base}:{quantization}" if quantization else base
 
 
-# ---- one export job ------------------------------------------------------------------------
+# ---- one export run ------------------------------------------------------------------------
 
 def expected_stages(fmt: str, quantization: str | None, ollama: bool) -> list[str]:
     if fmt == "adapter":
@@ -176,77 +177,69 @@ def expected_stages(fmt: str, quantization: str | None, ollama: bool) -> list[st
     return stages + (["ollama"] if ollama else [])
 
 
-class ExportTail:
-    """Folds a run's export events, as read from the store, into the view of its newest job.
+class ExportFollow:
+    """The view of a training run's newest export run, as the store records it.
 
-    The page's background task keeps one per shown run, feeds it the rows
-    `RunStore.events(run_id, after_id, types=jobs.EVENT_TYPES)` returns, and copies
-    `view()` into the State when something changed.
+    The page's background task keeps one per shown training run and calls `read` each
+    poll: the export run's row gives its status, error and result (summary); its
+    export_progress events, read incrementally, give the stages and the latest messages.
     """
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        self.after_id = 0
-        self.started: dict | None = None
+        self._follow("")
+
+    def _follow(self, export_id: str) -> None:
+        self.export_id, self.after_id = export_id, 0
         self.stage: dict | None = None
         self.seen: list[str] = []
         self.messages: deque[dict] = deque(maxlen=MESSAGES_KEPT)
-        self.end: dict | None = None
 
-    def feed(self, rows: list[tuple[int, dict]]) -> bool:
+    def read(self, store) -> dict[str, Any]:
+        newest = store.list(kind=KIND, parent=self.run_id, limit=1)
+        if not newest:
+            return EMPTY_JOB
+        export = newest[0]
+        if export.id != self.export_id:
+            self._follow(export.id)
+        self.feed(store.events(export.id, after_id=self.after_id, types=("export_progress",)))
+        return self.view(export)
+
+    def feed(self, rows: list[tuple[int, dict]]) -> None:
         for row_id, event in rows:
             self.after_id = max(self.after_id, row_id)
-            kind = event.get("type")
-            if kind == "export_started":
-                self.started, self.stage, self.seen, self.end = event, None, [], None
-                self.messages.clear()
-            elif self.started is None or self.end is not None:
-                continue
-            elif kind == "export_progress":
-                self.stage = event
-                if event.get("stage") not in self.seen:
-                    self.seen.append(event.get("stage"))
-                if event.get("message") and event.get("stage") != "done":
-                    self.messages.append({"time": fmt_clock(event.get("ts")), "stage": event.get("stage", ""),
-                                          "text": event["message"]})
-            elif kind in ("export_done", "export_failed") and event.get("job") == self.started.get("job"):
-                self.end = event
-        return bool(rows)
+            self.stage = event
+            if event.get("stage") not in self.seen:
+                self.seen.append(event.get("stage"))
+            if event.get("message") and event.get("stage") != "done":
+                self.messages.append({"time": fmt_clock(event.get("ts")), "stage": event.get("stage", ""),
+                                      "text": event["message"]})
 
-    @property
-    def running(self) -> bool:
-        return self.started is not None and self.end is None
-
-    def view(self, alive: bool = True) -> dict[str, Any]:
-        """The job panel; `alive`: whether a running job's worker process still exists."""
-        if self.started is None:
-            return EMPTY_JOB
-        s = self.started
-        status = "running" if self.end is None else ("done" if self.end["type"] == "export_done" else "failed")
+    def view(self, export) -> dict[str, Any]:
+        """The export panel for the export run `export` (a store Run)."""
+        c = export.config
+        status = "running" if export.active else "done" if export.status == "completed" else "failed"
         error = {}
         if status == "failed":
-            error = {k: self.end.get(k, "") for k in ("code", "message", "hint")}
-        elif status == "running" and not alive:
-            status, error = "failed", {
-                "code": "RUNTIME_WORKER_DIED", "message": "the export worker ended without reporting",
-                "hint": f"It was killed or ran out of memory; its output is in {s.get('log') or 'export.log'}. "
-                        "Start the export again."}
-        stages = self._stages(status)
+            error = {"code": export.error_code or "", "message": export.error_message or export.status,
+                     "hint": export.error_hint or ""}
+            if export.status == "interrupted" and not error["hint"]:
+                error["hint"] = (f"It was killed or ran out of memory; its output is in "
+                                 f"{RunDir(export.run_dir).worker_log}. Start the export again.")
+        stages = self._stages(c, status)
         return {
-            "job": s.get("job", ""), "status": status,
-            "title": " ".join(filter(None, (_FORMAT_LABEL.get(s.get("format"), s.get("format")),
-                                            s.get("quantization"), "of the", s.get("source") or "adapter"))),
-            "started": fmt_clock(s.get("ts")),
+            "job": export.id, "status": status,
+            "title": export_title(c),
+            "started": fmt_clock(export.started_at or export.created_at),
             "stages": stages,
             "progress": _percent(stages, self.stage),
             "messages": list(reversed(self.messages)),
             "error": error,
-            **(done_view(self.end, s) if status == "done" else _NO_RESULT),
+            **(done_view(export.summary, c) if status == "done" else _NO_RESULT),
         }
 
-    def _stages(self, job_status: str) -> list[dict[str, str]]:
-        s = self.started or {}
-        keys = expected_stages(s.get("format", ""), s.get("quantization"), bool(s.get("ollama_name")))
+    def _stages(self, config: dict, job_status: str) -> list[dict[str, str]]:
+        keys = expected_stages(config.get("format", ""), config.get("quantization"), bool(config.get("ollama_name")))
         keys += [k for k in self.seen if k in STAGES and k not in keys]
         current = (self.stage or {}).get("stage")
         reached = keys.index(current) if current in keys else -1
@@ -259,6 +252,20 @@ class ExportTail:
                 status = "failed"
             rows.append({"key": key, "label": STAGES[key], "status": status})
         return rows
+
+
+def export_title(config: dict) -> str:
+    """"GGUF q4_k_m of the final adapter", from an export run's config."""
+    return " ".join(filter(None, (_FORMAT_LABEL.get(config.get("format"), config.get("format")),
+                                  config.get("quantization"), "of the", config.get("source_label") or "adapter")))
+
+
+def export_run_rows(store, run_id: str) -> list[dict[str, str]]:
+    """A training run's export runs, newest first, as its run page lists them."""
+    return [{"id": e.id, "short_id": e.id[:8], "title": export_title(e.config), "status": e.status,
+             "started": fmt_time(e.started_at or e.created_at), "path": e.artifacts.get("export", ""),
+             "error": f"[{e.error_code}] {e.error_message}" if e.error_code else ""}
+            for e in store.list(kind=KIND, parent=run_id)]
 
 
 _FORMAT_LABEL = {"gguf": "GGUF", "merged": "Merged model", "adapter": "LoRA adapter"}
@@ -277,15 +284,16 @@ def _percent(stages: list[dict[str, str]], event: dict | None) -> int:
     return int(round(100 * min(1.0, (done + within) / len(stages))))
 
 
-def done_view(done: dict, started: dict) -> dict[str, Any]:
-    """Result card, verification rows and the Ollama command of a finished job."""
-    r = done.get("result") or {}
+def done_view(summary: dict, config: dict) -> dict[str, Any]:
+    """Result card, verification rows and the Ollama command of a finished export, from
+    its run's summary (result, ollama, ollama_error) and config."""
+    r = summary.get("result") or {}
     result = {"path": r.get("path", ""), "folder": r.get("folder") or "", "size": fmt_bytes(r.get("size_bytes")),
               "seconds": fmt_duration(r.get("seconds")), "format": r.get("format", ""),
               "quantization": r.get("quantization") or "",
               "verified": "verified" if (r.get("verification") or {}).get("passed") else "not verified"}
     return {"result": result, "checks": verification_rows(r.get("verification") or {}),
-            "ollama": ollama_view(done, started), "ollama_error": done.get("ollama_error") or {}}
+            "ollama": ollama_view(summary, config), "ollama_error": summary.get("ollama_error") or {}}
 
 
 def verification_rows(v: dict) -> list[dict[str, str]]:
@@ -320,16 +328,16 @@ def verification_rows(v: dict) -> list[dict[str, str]]:
     return rows
 
 
-def ollama_view(done: dict, started: dict) -> dict[str, str]:
+def ollama_view(summary: dict, config: dict) -> dict[str, str]:
     """The command a person copies: `ollama run NAME` when registered, else how to create it."""
-    r = done.get("result") or {}
+    r = summary.get("result") or {}
     if r.get("format") != "gguf":
         return {}
-    registration = done.get("ollama") or {}
+    registration = summary.get("ollama") or {}
     if registration:
         return {"registered": "yes", "name": registration["name"], "host": registration.get("host", ""),
                 "command": registration["run_command"]}
-    name = started.get("ollama_name") or default_ollama_name(_run_label(r), r.get("quantization"))
+    name = config.get("ollama_name") or default_ollama_name(_run_label(r), r.get("quantization"))
     return {"registered": "", "name": name, "host": "",
             "command": f"cd {r.get('folder', '.')} && ollama create {name} -f Modelfile && ollama run {name}"}
 

@@ -1,43 +1,16 @@
-"""Following a run live: the vars of a run panel, the polling loop, and the panel itself.
+"""Following a run live: the vars of a run panel and the panel itself.
 
-The run store is the truth. A page's background task polls `RunStore.events` every
-POLL_S seconds, folds new events into a `RunTail` outside the State, and takes the State
-lock only to copy the changed fields in. Reloading, a second tab or a restarted server
-therefore show the same run, and closing the browser never touches the worker.
+The polling (store → tail → State) is `poller.Poller`; this module is what a page shows.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any, Callable
 
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
-from backpropagate_app.display import EMPTY_RUN_VIEW, RunTail, unexpected_error
-from backpropagate_core.errors import BackpropError
-
-POLL_S = 0.3
-"""How often an open page reads the store; a step event shows within about this long."""
-REFRESH_S = 1.0
-"""Unchanged runs still refresh this often, so elapsed time keeps ticking."""
-MIN_PUBLISH_S = 0.5
-"""Fastest a panel re-renders: every update costs the browser, which on a small machine
-shares the CPU with the training it shows. Latency stays well under a second."""
-RECHECK_S = 2.0
-"""How often the loop looks at the State for a run the page itself picked."""
-
-
-def read_run(run_id: str, tail: RunTail) -> tuple[dict | None, bool]:
-    """(Run.to_dict() or None if the run is gone, whether new events arrived) for one poll."""
-    store = engine.store()
-    try:
-        run = store.get(run_id).to_dict()
-    except BackpropError:
-        return None, False
-    return run, tail.feed(store.events(run_id, after_id=tail.after_id))
+from backpropagate_app.poller import Poller
 
 
 class RunView(rx.State, mixin=True):
@@ -73,48 +46,9 @@ class RunView(rx.State, mixin=True):
 
     async def _follow(self, choose: Callable[[str], str]) -> None:
         """Poll the store for the run this panel shows, forever (until the page's load
-        chain is cancelled by navigation or disconnect).
-
-        `choose(current_run_id)` runs off the lock each poll and returns the run to show,
-        so a page can switch to a run started elsewhere. The lock is taken only to publish
-        a changed view, and every few seconds to notice a run picked by the page itself.
-        """
-        tail: RunTail | None = None
-        shown: dict | None = None
-        pending = False  # events folded into the tail that no published view has shown
-        refreshed = checked = published = time.monotonic()
-        async with self:
-            current = self.run_id
-        while True:
-            try:
-                wanted = await asyncio.to_thread(choose, current)
-                if tail is None or tail.run_id != wanted:
-                    tail, shown = RunTail(wanted), None
-                run, fresh = (await asyncio.to_thread(read_run, wanted, tail)) if wanted else (None, False)
-                pending = pending or fresh
-                if run is None:
-                    view = EMPTY_RUN_VIEW | {"run_id": wanted}
-                elif pending or shown is None or time.monotonic() - refreshed > REFRESH_S:
-                    view, refreshed = tail.view(run), time.monotonic()
-                else:
-                    view = shown
-            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge: show, keep polling
-                view = (shown or EMPTY_RUN_VIEW) | {"error": unexpected_error(exc)}
-            now = time.monotonic()
-            if view != shown or now - checked > RECHECK_S:
-                wait = MIN_PUBLISH_S - (now - published)
-                if wait > 0 and shown is not None:
-                    await asyncio.sleep(wait)
-                    continue  # read once more and publish the newest
-                async with self:
-                    if self.run_id != current:
-                        current, shown = self.run_id, None  # the page chose a run: follow it next poll
-                    else:
-                        self._show(view, shown)
-                        current, shown = view["run_id"], view
-                pending = False
-                published = checked = time.monotonic()
-            await asyncio.sleep(POLL_S)
+        chain is cancelled by navigation or disconnect). `choose(current_run_id)` returns
+        the run to show each poll, so a page can switch to a run started elsewhere."""
+        await Poller(choose).run(self)
 
 
 # ---- the run panel ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ with its merge points, the forgetting heat-map, and two campaigns side by side.
 Plain functions and one accumulator (`CampaignTail`), no Reflex: the page's States call
 these and copy the results into their vars, and the unit tests check them without a
 browser. The campaign's figures come from the run's summary, which the worker rewrites
-after every phase of every run (see `backpropagate_core.campaign.Campaign.publish`).
+after every phase of every run (see `backpropagate_core.training.campaign.Campaign.publish`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from backpropagate_app.display import (DASH, EMPTY_RUN_VIEW, RunTail, fmt_clock, fmt_loss,
                                        loss_points, short_name, thin)
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.multirun import CampaignSettings, campaign_settings
-from backpropagate_core.runs import ACTIVE
+from backpropagate_core.training.multirun import CampaignSettings, campaign_settings
+from backpropagate_core.runs.store import ACTIVE
 
 _FIELDS = CampaignSettings.model_fields
 

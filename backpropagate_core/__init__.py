@@ -18,7 +18,7 @@ __all__ = ["Trainer", "BackpropError", "__version__"]
 
 def __getattr__(name):
     if name == "Trainer":
-        from backpropagate_core.train import Trainer
+        from backpropagate_core.api import Trainer
         return Trainer
     if name == "BackpropError":
         from backpropagate_core.errors import BackpropError

@@ -24,7 +24,7 @@ class LoraSettings(BaseModel):
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator; the update is scaled by alpha/r.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training.")
     target_modules: list[str] | None = Field(
-        None, description="Module names to adapt; None picks the attention and MLP projections of the architecture.")
+        None, description="Module names to adapt; None adapts every linear layer of the decoder (peft's all-linear).")
 
 
 class TrainingSettings(BaseModel):
@@ -42,7 +42,10 @@ class TrainingSettings(BaseModel):
     save_total_limit: int = Field(2, ge=1, description="How many checkpoints to keep on disk.")
     logging_steps: int = Field(1, ge=1, description="Emit a step event every N steps.")
     val_fraction: float = Field(0.1, ge=0, lt=0.5, description="Share of examples held out for validation.")
-    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None evaluates at checkpoints.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps; None evaluates about ten times a run.")
+    eval_samples: int = Field(16, ge=0, le=256, description="Held-out prompts answered (greedy) and scored at each evaluation; 0 scores the loss only.")
+    early_stopping: bool = Field(True, description="Stop when the held-out score has not improved for `patience` evaluations, and keep the best adapter as the result.")
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before early stopping ends the run.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Training precision; auto uses bf16 where the device supports it.")
     load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit (CUDA + bitsandbytes only).")
     gradient_checkpointing: bool | None = Field(None, description="Trade compute for memory; None turns it on for GPUs that need it.")
@@ -126,14 +129,6 @@ class Settings(BaseSettings):
         self.home = Path(self.home).expanduser()
         self.ui.output_dir = Path(self.ui.output_dir).expanduser()
         return self
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.home / "runs"
-
-    @property
-    def db_path(self) -> Path:
-        return self.home / "runs.db"
 
 
 def describe_validation(err: ValidationError) -> str:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.redact import redact, redact_obj
 
 ROOT = "backpropagate"

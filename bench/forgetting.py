@@ -33,8 +33,8 @@ def combined_dataset(folder: Path) -> tuple[Path, int]:
 
 
 def run_mode(mode: str, data: Path, size: int, args, store) -> dict:
-    from backpropagate_core.multirun import run_campaign
-    from backpropagate_core.train import build_config
+    from backpropagate_core.training.multirun import run_campaign
+    from backpropagate_core.training.run_config import build_config
 
     config = build_config(args.model, str(data), f"bench-{mode}", learning_rate=args.lr,
                           batch_size=args.batch_size, grad_accum=1, seed=args.seed)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bp-bench-") as tmp:

@@ -1,4 +1,4 @@
-"""The memory estimator (`backpropagate_core.estimate`) against what training really used.
+"""The memory estimator (`backpropagate_core.training.estimate`) against what training really used.
 
 Each configuration trains a few steps through `hf_trainer.fit` in its own process on
 synthetic examples of exactly `seq_len` tokens (loss on the second half, like a chat
@@ -53,8 +53,8 @@ def child(model: str, seq_len: int, batch: int, weights: str, packing: bool, che
     import torch
 
     from backpropagate_core.config import TrainingSettings
-    from backpropagate_core.hf_trainer import fit
-    from backpropagate_core.model import add_lora, load_model, load_tokenizer
+    from backpropagate_core.training.trainer import fit
+    from backpropagate_core.model.loader import add_lora, load_model, load_tokenizer
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if weights == "bf16" else torch.float32
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(child(*json.loads(args.child))), flush=True)
         return 0
 
-    from backpropagate_core.estimate import estimate, shape_of
+    from backpropagate_core.training.estimate import estimate, shape_of
 
     rows = []
     print(f"{'model':14s} {'seq':>5s} {'batch':>5s} {'weights':>7s} {'estimate GB':>11s} {'measured GB':>11s} "

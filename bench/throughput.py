@@ -80,11 +80,11 @@ class Work:
 # ---- shared by every variant --------------------------------------------------------
 
 def load_rows(work: Work, tokenizer) -> list[dict]:
-    from backpropagate_core import data
-    from backpropagate_core.hf_trainer import truncate
+    from backpropagate_core.data import dataset as data
+    from backpropagate_core.training.pipeline import truncate
 
     loaded = data.load(work.data)
-    return truncate([data.tokenize(e, tokenizer, None) for e in loaded.examples], work.seq_len)
+    return truncate([data.tokenize(e, tokenizer, None) for e in loaded.examples], work.seq_len)[0]
 
 
 def lora_config(work: Work):
@@ -165,7 +165,7 @@ def eval_loss(trained, rows: list[dict], work: "Work | None" = None) -> float:
     import torch.nn.functional as F
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-    from backpropagate_core.model import load_model
+    from backpropagate_core.model.loader import load_model
 
     work = work or Work()
     model = get_peft_model(load_model(work.model, dtype=torch.float32), lora_config(work))
@@ -195,7 +195,7 @@ def variant_a(work: Work) -> dict:
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
-    from backpropagate_core.model import load_model, load_tokenizer
+    from backpropagate_core.model.loader import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(work.model)
     rows = [{"input_ids": r["input_ids"], "attention_mask": [1] * len(r["input_ids"]), "labels": r["labels"]}
@@ -218,7 +218,7 @@ def variant_b(work: Work) -> dict:
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from backpropagate_core.model import load_model, load_tokenizer
+    from backpropagate_core.model.loader import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(work.model)
     rows = load_rows(work, tokenizer)
@@ -244,7 +244,7 @@ def variant_c(work: Work) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from backpropagate_core.model import materialize, resolve_model
+    from backpropagate_core.model.loader import materialize, resolve_model
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         materialize(resolve_model(work.model)), max_seq_length=work.seq_len, load_in_4bit=False)
@@ -266,12 +266,12 @@ def variant_c(work: Work) -> dict:
 
 def variant_d(work: Work, backend: str = "transformers") -> dict:
     """backpropagate's training path, with the settings `backprop train` would resolve."""
-    from backpropagate_core import backends
-    from backpropagate_core import events as ev
+    from backpropagate_core.training import backends
+    from backpropagate_core.runs import events as ev
     from backpropagate_core.config import LoraSettings, TrainingSettings
-    from backpropagate_core.defaults import detect_hardware
-    from backpropagate_core.hf_trainer import fit, weight_dtype
-    from backpropagate_core.model import load_tokenizer
+    from backpropagate_core.training.defaults import detect_hardware
+    from backpropagate_core.training.trainer import fit, weight_dtype
+    from backpropagate_core.model.loader import load_tokenizer
 
     hw = detect_hardware()
     precision = "bf16" if hw.bf16 else ("fp16" if hw.device == "cuda" else "fp32")
@@ -307,7 +307,8 @@ def variant_d(work: Work, backend: str = "transformers") -> dict:
 
 def _lever_off(lever: str) -> None:
     """Turn one of fit's levers off in this (child) process."""
-    from backpropagate_core import hf_trainer, speed
+    from backpropagate_core.training import trainer as hf_trainer
+    from backpropagate_core.training import speed
 
     if lever == "labelled":
         speed.plain_lm_head = lambda model: False  # fit then computes the loss the stock way
@@ -368,7 +369,7 @@ def matmul_peak(dtype_name: str, n: int = 0, seconds: float = 2.0) -> tuple[floa
 
 
 def flops_per_token(model: str, gradient_checkpointing: bool = False) -> float:
-    from backpropagate_core.estimate import shape_of
+    from backpropagate_core.training.estimate import shape_of
 
     s = shape_of(model)
     return (6 if gradient_checkpointing else 4) * s.matmul_params

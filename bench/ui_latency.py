@@ -52,8 +52,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_latency(page, server, samples: int) -> dict:
-    from backpropagate_core import events as ev
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs import events as ev
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore(server.home)
     run = store.create_run(config={"model": "stand-in"}, model="stand-in", dataset="bench", name="latency")
@@ -95,7 +95,7 @@ class CpuMeter:
         being measured, not the UI."""
         try:
             chain = [proc, *proc.parents()]
-            return any("backpropagate_core.worker" in " ".join(p.cmdline()) for p in chain)
+            return any("backpropagate_core.runs.worker" in " ".join(p.cmdline()) for p in chain)
         except self.psutil.Error:
             return True
 
@@ -127,7 +127,7 @@ class CpuMeter:
 
 def run_headless(server, steps: int) -> tuple[float, float]:
     """(tokens/s, cores the idle UI server used meanwhile) of a run started by the launcher."""
-    from backpropagate_core import worker
+    from backpropagate_core.runs import worker
 
     with CpuMeter(server) as meter:
         run_id = worker.start_run(str(server.model), str(ROOT / "examples" / "quickstart.jsonl"),
@@ -158,7 +158,7 @@ def run_from_ui(browser, server, steps: int) -> tuple[float, float]:
 
 
 def wait_tokens_per_s(server, run_id: str) -> float:
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore(server.home)
     while store.get(run_id).active:

@@ -16,7 +16,7 @@ def make_adapter(base: str | Path, out_dir: Path, seed: int = 1, scale: float = 
     """Save a peft LoRA adapter on `base` (folder or preset) with random non-zero B weights."""
     import torch
 
-    from backpropagate_core import model as model_mod
+    from backpropagate_core.model import loader as model_mod
 
     model = model_mod.load_model(str(base))
     tokenizer = model_mod.load_tokenizer(str(base))
@@ -35,8 +35,8 @@ def make_adapter(base: str | Path, out_dir: Path, seed: int = 1, scale: float = 
 
 def make_run(base: str | Path, name: str = "tiny-run", seed: int = 1, scale: float = 0.05):
     """A completed run in the current BACKPROPAGATE_HOME whose adapter is `make_adapter`'s."""
-    from backpropagate_core import events as ev
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs import events as ev
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore()
     config = {"model": str(base), "data": "/somewhere/private/chat.jsonl", "name": name,

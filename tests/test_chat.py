@@ -33,7 +33,7 @@ def test_chat_answers_alike_from_transformers_and_the_f16_gguf(base):
 
 def test_cli_export_registers_with_ollama_and_prints_json(base, capsys):
     from backpropagate_core.cli.app import main
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     run = make_run(base, name="cli-bot")
     with OllamaContractServer() as server:
@@ -46,6 +46,10 @@ def test_cli_export_registers_with_ollama_and_prints_json(base, capsys):
     assert result["ollama_registration"]["name"] == "cli-bot:q8_0"
     assert "cli-bot:q8_0" in server.models
     assert RunStore().get(run.id).summary["exports"]["gguf-q8_0"]["verification"]["passed"]
+    # The CLI's export is an export run of the run, as the UI's is.
+    [export] = RunStore().list(kind="export", parent=run.id)
+    assert export.status == "completed" and export.artifacts["export"] == result["path"]
+    assert export.summary["ollama"]["name"] == "cli-bot:q8_0"
 
 
 def test_cli_ollama_register_an_existing_export(base, capsys):

@@ -54,7 +54,7 @@ def test_unexpected_errors_have_no_traceback_without_verbose(capsys, monkeypatch
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("backpropagate_core.runs.RunStore.list", boom)
+    monkeypatch.setattr("backpropagate_core.runs.store.RunStore.list", boom)
     assert main(["list-runs"]) == 3
     err = capsys.readouterr().err
     assert "[RUNTIME_UNEXPECTED]" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ import pytest
 
 from backpropagate_core.cli import ui as ui_mod
 from backpropagate_core.cli.app import main
-from backpropagate_core.credentials import GATE_FILE_ENV, PASSWORD_ENV, verify_password
+from backpropagate_core.serve.credentials import GATE_FILE_ENV, PASSWORD_ENV, verify_password
 from tests.test_tunnel import PRINTS_URL, fake_cloudflared
 
 
@@ -122,6 +122,23 @@ def test_loopback_without_auth_is_quiet(monkeypatch, capsys, fake_serve):
 
 def test_share_without_any_provider_is_a_coded_error(monkeypatch, capsys, fake_serve):
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("backpropagate_core.tunnel.NgrokProvider.available", lambda self: False)
+    monkeypatch.setattr("backpropagate_core.serve.tunnel.NgrokProvider.available", lambda self: False)
     assert main(["ui", "--share", "--auth", "alice:long-enough-pw"]) == 1
     assert "[SHARE_NO_PROVIDER]" in capsys.readouterr().err
+
+
+def test_the_ui_uses_the_npm_registry_the_user_configured(tmp_path):
+    """Reflex installs the frontend from NPM_CONFIG_REGISTRY: a mirror named in the
+    user's npm config (or their environment) is kept, never replaced by a fixed URL."""
+    from backpropagate_core.cli.ui import ui_env
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    npm = fake / "npm"
+    npm.write_text("#!/bin/sh\necho https://npm.mirror.example/\n")
+    npm.chmod(0o755)
+    env = ui_env({"PATH": str(fake)}, tools=tmp_path / "tools")
+    assert env["NPM_CONFIG_REGISTRY"] == "https://npm.mirror.example/"
+    mine = ui_env({"PATH": str(fake), "NPM_CONFIG_REGISTRY": "https://mine.example/"}, tools=tmp_path / "tools")
+    assert mine["NPM_CONFIG_REGISTRY"] == "https://mine.example/"
+    assert "NPM_CONFIG_REGISTRY" not in (Path(__file__).parents[1] / "Makefile").read_text()

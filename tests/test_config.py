@@ -2,7 +2,7 @@ import pytest
 
 from backpropagate_core.config import load_settings
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.train import build_config
+from backpropagate_core.training.run_config import build_config
 
 
 def test_env_overrides_nested_settings(monkeypatch, tmp_path):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import data
-from backpropagate_core.chat_templates import IGNORE_INDEX, count_tokens
+from backpropagate_core.data import dataset as data
+from backpropagate_core.data import report as data_report
+from backpropagate_core.data.templates import IGNORE_INDEX, count_tokens
 from backpropagate_core.errors import BackpropError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -124,7 +125,7 @@ def test_example_files_load_clean(name, fmt, first):
 def test_quickstart_is_a_real_dataset():
     loaded = data.load(EXAMPLES / "quickstart.jsonl")
     assert 30 <= len(loaded.examples) <= 40
-    assert data.build_report(loaded).duplicates == 0
+    assert data_report.build_report(loaded).duplicates == 0
     assert any(ex.messages[0]["role"] == "system" for ex in loaded.examples)
     assert max(len(ex.messages) for ex in loaded.examples) >= 6  # some multi-turn
 
@@ -407,7 +408,7 @@ def test_report_figures(tmp_path, tok):
     long_reply = " ".join(["bread"] * 60)
     rows = [sharegpt("Hi", "Hello"), sharegpt("hi ", "  hello"), sharegpt("Q", "   "),
             sharegpt("Q", long_reply), "{broken"]
-    rep = data.report(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_seq_len=40)
+    rep = data_report.report(write_jsonl(tmp_path / "d.jsonl", rows), tok, max_seq_len=40)
     assert (rep.format, rep.examples, rep.duplicates, rep.empty, rep.over_long) == ("sharegpt", 4, 1, 1, 1)
     assert [p.line for p in rep.problems] == [5]
     lengths = count_tokens(tok, data.load(tmp_path / "d.jsonl", skip_bad_lines=True).examples)[0]
@@ -429,7 +430,7 @@ def test_report_token_counts_match_tokenize(tok):
 
 
 def test_report_without_tokenizer():
-    rep = data.report(EXAMPLES / "quickstart.jsonl")
+    rep = data_report.report(EXAMPLES / "quickstart.jsonl")
     assert rep.token_percentiles is None and rep.histogram == [] and rep.over_long == 0
     assert len(rep.preview) == 5
 
@@ -437,7 +438,7 @@ def test_report_without_tokenizer():
 def test_report_lists_examples_the_template_rejects(tmp_path, tok):
     tok.chat_template = NO_SYSTEM_TEMPLATE
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD, sharegpt("Q", "A", system="S")])
-    rep = data.report(path, tok)
+    rep = data_report.report(path, tok)
     assert rep.examples == 2 and rep.token_percentiles["max"] > 0
     assert [(p.line, p.code) for p in rep.problems] == [(2, "INPUT_DATASET_INVALID")]
     assert "System role not supported" in rep.problems[0].message
@@ -471,9 +472,16 @@ def test_cli_table_output(capsys):
     assert "alpaca" in out and "examples" in out
 
 
-def test_cli_broken_file_exits_1_with_line(tmp_path, capsys):
+def test_cli_report_lists_every_problem_by_default(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, "{nope", GOOD, {"conversations": [{"from": "human"}]}])
+    assert run_cli(str(path), "--model", "none", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["examples"] == 2 and [p["line"] for p in out["problems"]] == [2, 4]
+
+
+def test_cli_strict_report_exits_1_with_line(tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, GOOD, {"conversations": [{"from": "human"}]}])
-    assert run_cli(str(path), "--model", "none", "--json") == 1
+    assert run_cli(str(path), "--model", "none", "--strict", "--json") == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "[INPUT_DATASET_INVALID]" in err and "line 3: 'conversations' turn 1 has no 'value'" in err
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from backpropagate_core import estimate as est
+from backpropagate_core.model import presets
+from backpropagate_core.training import estimate as est
 from backpropagate_core.cli.app import main
 
 
@@ -13,7 +14,7 @@ from backpropagate_core.cli.app import main
                                            ("llama-3.2-1b", 1.236), ("llama-3.2-3b", 3.21),
                                            ("qwen2.5-7b", 7.6), ("mistral-7b", 7.25)])
 def test_preset_shapes_have_the_published_parameter_counts(name, billions):
-    assert est.SHAPES[name].params / 1e9 == pytest.approx(billions, rel=0.02)
+    assert presets.SHAPES[name].params / 1e9 == pytest.approx(billions, rel=0.02)
 
 
 def test_shape_from_a_local_config_counts_the_real_parameters(tiny_llama):
@@ -21,9 +22,9 @@ def test_shape_from_a_local_config_counts_the_real_parameters(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
-    shape = est.shape_of(str(tiny_llama))
+    shape = presets.shape_of(str(tiny_llama))
     assert shape.params == sum(p.numel() for p in model.parameters())
-    from backpropagate_core.model import add_lora
+    from backpropagate_core.model.loader import add_lora
 
     lora = add_lora(model, 16, 32, 0.0)
     trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
@@ -31,7 +32,7 @@ def test_shape_from_a_local_config_counts_the_real_parameters(tiny_llama):
 
 
 def test_estimate_grows_with_batch_and_length_and_shrinks_with_savings():
-    shape = est.SHAPES["llama-3.2-1b"]
+    shape = presets.SHAPES["llama-3.2-1b"]
     base = est.estimate(None, 1024, 2, shape=shape)
     assert est.estimate(None, 1024, 4, shape=shape).total_gb > base.total_gb
     assert est.estimate(None, 2048, 2, shape=shape).total_gb > base.total_gb
@@ -44,7 +45,7 @@ def test_estimate_grows_with_batch_and_length_and_shrinks_with_savings():
 
 
 def test_largest_batch_fits_the_budget_with_the_margin():
-    shape = est.SHAPES["qwen2.5-0.5b"]
+    shape = presets.SHAPES["qwen2.5-0.5b"]
     batch = est.largest_batch(None, 1024, 24.0, shape=shape)
     assert batch >= 2
     assert est.estimate(None, 1024, batch, shape=shape).total_gb <= 24.0 * 0.85
@@ -59,8 +60,8 @@ def test_activation_estimate_covers_what_autograd_saves(tiny_llama):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM
 
-    from backpropagate_core.model import add_lora
-    from backpropagate_core.speed import causal_lm
+    from backpropagate_core.model.loader import add_lora
+    from backpropagate_core.training.speed import causal_lm
 
     model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), 8, 16, 0.0)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -77,7 +78,7 @@ def test_activation_estimate_covers_what_autograd_saves(tiny_llama):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         causal_lm(model).model(input_ids=ids, use_cache=False).last_hidden_state.sum().backward()
     measured = sum(seen.values())
-    shape = est.shape_of(str(tiny_llama))
+    shape = presets.shape_of(str(tiny_llama))
     estimated = batch * seq * est.activation_bytes_per_token(shape, act_bytes=4.0)
     assert measured <= estimated <= 2.5 * measured, (measured, estimated)
 

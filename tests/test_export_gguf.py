@@ -32,7 +32,7 @@ def _tensor_types(path):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_gguf_round_trip_verifies_every_format(bases, arch):
     from backpropagate_core.export import export_model
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     run = make_run(bases[arch])
     seen = []

@@ -10,7 +10,7 @@ import pytest
 
 from backpropagate_app import limits
 from backpropagate_app.gate import COOKIE, Gate, GateConfig
-from backpropagate_core.credentials import hash_password
+from backpropagate_core.serve.credentials import hash_password
 from backpropagate_core.errors import BackpropError
 
 HOST = "127.0.0.1:7862"
@@ -360,7 +360,7 @@ def test_logout_closes_the_open_websocket():
 
 def request_in_thread(gate, token):
     # asyncio.run cannot nest; logout the way a second tab would, on the same loop.
-    session = gate._cookie_session(token)
+    session = gate.sessions.from_cookie(token)
     gate.revoke(session.jti, session.expires)
 
 
@@ -394,7 +394,7 @@ def test_open_mode_websocket_passes_with_own_origin():
 
 
 def test_gate_config_from_gate_file(tmp_path, monkeypatch):
-    from backpropagate_core.credentials import Login, write_gate_file
+    from backpropagate_core.serve.credentials import Login, write_gate_file
     path = write_gate_file(Login("alice", PASSWORD), hosts=["abc.trycloudflare.com"], trust_proxy=True,
                            folder=tmp_path / "g")
     monkeypatch.setenv("BACKPROPAGATE_UI_GATE_FILE", str(path))

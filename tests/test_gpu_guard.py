@@ -6,7 +6,8 @@ import pytest
 
 from backpropagate_core.config import GpuGuardSettings
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.gpu import Guard, GpuGuardEvent, Sampler
+from backpropagate_core.hardware.gpu import Guard, Sampler
+from backpropagate_core.runs.events import GpuGuardEvent
 
 
 def actions(guard: Guard, temps: list[float]) -> list[str | None]:

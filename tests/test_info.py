@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from backpropagate_core.cli.app import main as cli_main
 from backpropagate_core.errors import CATALOG
@@ -58,7 +57,7 @@ def test_error_codes_listed(capsys):
 
 
 def test_a_broken_section_does_not_sink_the_report(capsys, monkeypatch):
-    from backpropagate_core import sysinfo
+    from backpropagate_core.hardware import sysinfo
 
     def broken():
         raise RuntimeError("driver exploded")

@@ -9,12 +9,12 @@ import threading
 
 import pytest
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core import logs
 from backpropagate_core.cli.app import main as cli_main
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
-from backpropagate_core.train import Trainer
+from backpropagate_core.runs.store import RunStore
+from backpropagate_core.api import Trainer
 
 
 def write_dataset(path, repeats: int = 6):
@@ -195,9 +195,9 @@ def test_run_id_greps_across_logs_events_checkpoints_and_adapter(tiny_llama, tmp
     assert any(f"stopped at step {first.steps}" in line for line in stamped)
     assert any(f"training started: 4 steps, resumed from step {first.steps}" in line for line in stamped)
 
-    events = [json.loads(x) for x in (run.run_dir / "events.jsonl").read_text().splitlines()]
+    events = [e for _, e in RunStore().events(run_id)]
     assert events and all(e["run_id"] == run_id for e in events)
-    assert all(e["run_id"] == run_id for _, e in RunStore().events(run_id))
+    assert not (run.run_dir / "events.jsonl").exists()  # the store is the one record of events
 
     checkpoints = sorted((run.run_dir / "checkpoints").glob("checkpoint-*"))
     assert checkpoints

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.merge import (SCHEDULES, check_finite, lambda_schedule, orthonormal_init,
-                                      slao_init, slao_merge, split_lora)
+from backpropagate_core.training.merge import (SCHEDULES, check_finite, lambda_schedule, orthonormal_init,
+                                               slao_init, slao_merge)
 
 KEY_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 KEY_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
@@ -121,8 +121,6 @@ def test_slao_init_orthonormalises_a_and_keeps_last_b():
     assert torch.equal(init[KEY_B], last[KEY_B])
 
 
-def test_split_lora_separates_a_from_b():
-    a, rest = split_lora(random_adapter(0))
-    assert list(a) == [KEY_A] and list(rest) == [KEY_B]
+def test_a_non_finite_merge_is_refused():
     with pytest.raises(BackpropError):
         check_finite({KEY_B: torch.tensor([math.nan])}, "x")

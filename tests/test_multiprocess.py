@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 
 FACTS = [("What colour is the sky?", "The sky is blue."),
          ("What do bees make?", "Bees make honey."),
@@ -35,9 +35,10 @@ def backprop_train(home: Path, model: Path, data: Path, *extra: str) -> subproce
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def step_losses(run_dir: Path) -> list[float]:
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    return [e["loss"] for e in events if e["type"] == "step"]
+def step_losses(home: Path) -> list[float]:
+    store = RunStore(home)
+    (run,) = store.list()
+    return [e["loss"] for _, e in store.events(run.id, types=("step",))]
 
 
 def test_two_processes_train_one_run_like_one_process(tiny_llama, dataset, tmp_path):
@@ -53,14 +54,13 @@ def test_two_processes_train_one_run_like_one_process(tiny_llama, dataset, tmp_p
     assert run.status == "completed" and run.step == 8
     # Both ranks stepped: rank 0 recorded every step, rank 1 reports its own finish.
     assert "rank 1: finished run" in two.stderr and "at step 8" in two.stderr
-    events = [json.loads(line)["type"] for line in (run.run_dir / "events.jsonl").read_text().splitlines()]
+    events = [e["type"] for _, e in RunStore(home_two).events(run.id)]
     assert events.count("run_started") == 1 and events.count("finished") == 1 and events.count("step") == 8
     # Exactly one set of artifacts.
     assert sorted(p.name for p in run.run_dir.iterdir() if p.is_dir()) == ["adapter", "checkpoints"]
     assert not list(run.run_dir.rglob("*.partial"))
     # Two processes x batch 2 see the same examples per step as one process x batch 4.
-    single = RunStore(home_one).list()[0]
-    two_losses, one_losses = step_losses(run.run_dir), step_losses(single.run_dir)
+    two_losses, one_losses = step_losses(home_two), step_losses(home_one)
     # With a high learning rate, replicas whose gradients were not all-reduced drift apart
     # within a few steps; synchronised ones follow the one-process run.
     print(f"2 processes: {two_losses}\n1 process:   {one_losses}")  # shown with pytest -s

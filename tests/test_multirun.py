@@ -11,12 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backpropagate_core import multirun, worker
-from backpropagate_core.campaign import Chunk, read_state, replay_rows, split_chunks
-from backpropagate_core.data import Example
+from backpropagate_core.training import multirun
+from backpropagate_core.runs import worker
+from backpropagate_core.runs import events as ev
+from backpropagate_core.training.campaign_state import (average_forgetting, campaign_settings, read_state,
+                                                        replay_rows, split_chunks)
+from backpropagate_core.training.pipeline import Part
+from backpropagate_core.data.formats import Example
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
-from backpropagate_core.train import Trainer, build_config
+from backpropagate_core.runs.store import RunStore
+from backpropagate_core.api import Trainer
+from backpropagate_core.training.run_config import build_config
 
 TASKS = {
     "sum": lambda k: (f"What is {k} plus {k + 1}?", f"{2 * k + 1}."),
@@ -162,7 +167,7 @@ def test_stopped_campaign_resumes_at_the_unfinished_run(tiny_llama, tmp_path):
     store = RunStore()
 
     def stop_in_run_2(event):
-        if isinstance(event, multirun.CampaignRunStarted) and event.run_index == 2:
+        if isinstance(event, ev.CampaignRunStarted) and event.run_index == 2:
             (store.get(event.run_id).run_dir / "CANCEL").touch()
 
     trainer = Trainer(str(tiny_llama), sink=stop_in_run_2, **TRAINING)
@@ -181,7 +186,7 @@ def test_unfinished_campaign_is_refused_unless_resumed_or_fresh(tiny_llama, tmp_
     data = write_tasks(tmp_path / "tasks.jsonl")
     store = RunStore()
     config = build_config(str(tiny_llama), str(data))
-    settings = multirun.campaign_settings(**CAMPAIGN)
+    settings = campaign_settings(**CAMPAIGN)
     run = multirun.open_campaign(store, config, settings, run_id="camp-1")
     (run.run_dir / "campaign").mkdir()
     (run.run_dir / "campaign" / "state.json").write_text(json.dumps({"completed": 1}))
@@ -198,10 +203,10 @@ def test_unfinished_campaign_is_refused_unless_resumed_or_fresh(tiny_llama, tmp_
 
 def test_settings_errors_are_config_invalid(tiny_llama, tmp_path):
     with pytest.raises(BackpropError, match="no room") as err:
-        multirun.campaign_settings(samples_per_run=5, val_per_chunk=5)
+        campaign_settings(samples_per_run=5, val_per_chunk=5)
     assert err.value.code == "CONFIG_INVALID"
     with pytest.raises(BackpropError) as err:
-        multirun.campaign_settings(merge_mode="average", num_runs=0)
+        campaign_settings(merge_mode="average", num_runs=0)
     assert err.value.code == "CONFIG_INVALID" and "merge_mode" in err.value.message and "num_runs" in err.value.message
     data = write_tasks(tmp_path / "tasks.jsonl", per_task=2)
     with pytest.raises(BackpropError, match="need 30") as err:
@@ -211,14 +216,14 @@ def test_settings_errors_are_config_invalid(tiny_llama, tmp_path):
 
 def test_chunks_hold_out_validation_and_replay_never_uses_it():
     examples = [Example([], line=n, text=str(n)) for n in range(30)]
-    settings = multirun.campaign_settings(**CAMPAIGN)
+    settings = campaign_settings(**CAMPAIGN)
     parts = split_chunks(examples, settings, seed=7)
     assert [(len(t), len(v)) for t, v in parts] == [(7, 3)] * 3
     for k, (train, val) in enumerate(parts):
         lines = {e.line for e in train + val}
         assert lines == set(range(10 * k, 10 * (k + 1))) and not {e.line for e in train} & {e.line for e in val}
     assert split_chunks(examples, settings, seed=7) == parts
-    chunks = [Chunk(train, val) for train, val in parts]
+    chunks = [Part(train, val) for train, val in parts]
     replay = replay_rows(chunks, 2, 0.5, seed=1)
     held_out = {id(e) for c in chunks for e in c.val}
     assert len(replay) == 4 and all(id(e) not in held_out for e in replay)
@@ -227,6 +232,6 @@ def test_chunks_hold_out_validation_and_replay_never_uses_it():
 
 
 def test_average_forgetting():
-    assert multirun.average_forgetting([[2.0, None]]) is None
-    assert multirun.average_forgetting([[2.0, None, None], [2.5, 1.0, None], [3.0, 1.5, 0.5]]) == \
+    assert average_forgetting([[2.0, None]]) is None
+    assert average_forgetting([[2.0, None, None], [2.5, 1.0, None], [3.0, 1.5, 0.5]]) == \
         pytest.approx(((3.0 - 2.0) + (1.5 - 1.0)) / 2)

@@ -8,11 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backpropagate_core import events as ev  # noqa: E402
-from backpropagate_core import model as model_mod  # noqa: E402
-from backpropagate_core import speed  # noqa: E402
+from backpropagate_core.runs import events as ev  # noqa: E402
+from backpropagate_core.model import loader as model_mod  # noqa: E402
+from backpropagate_core.training import speed  # noqa: E402
 from backpropagate_core.errors import BackpropError  # noqa: E402
-from backpropagate_core.train import Trainer  # noqa: E402
+from backpropagate_core.api import Trainer  # noqa: E402
 
 
 @pytest.fixture

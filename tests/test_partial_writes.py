@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.hf_trainer import complete_checkpoints, prepare_checkpoints
-from backpropagate_core.runs import RunStore
-from backpropagate_core.train import Trainer, _classify
+from backpropagate_core.training.checkpoints import complete_checkpoints, prepare_checkpoints
+from backpropagate_core.runs.store import RunStore
+from backpropagate_core.api import Trainer
+from backpropagate_core.training.session import classify as _classify
 
 
 @pytest.fixture

@@ -100,8 +100,8 @@ def test_replace_does_not_retry_on_posix(monkeypatch, tmp_path):
 
 def test_spawn_uses_the_platform_kwargs(windows, monkeypatch, tmp_path):
     """The launcher passes Windows creation flags, not POSIX sessions, to the worker."""
-    from backpropagate_core import worker
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs import worker
+    from backpropagate_core.runs.store import RunStore
 
     seen = {}
 
@@ -117,19 +117,19 @@ def test_spawn_uses_the_platform_kwargs(windows, monkeypatch, tmp_path):
     monkeypatch.setattr(subprocess, "Popen", FakePopen)
     worker._spawn(["some-run"], RunStore(tmp_path / "home"), tmp_path / "worker.log")
     assert seen["creationflags"] == 0x00000200 and "start_new_session" not in seen
-    assert seen["args"][1:3] == ["-m", "backpropagate_core.worker"]
+    assert seen["args"][1:3] == ["-m", "backpropagate_core.runs.worker"]
 
 
 def test_worker_entry_point_is_spawn_safe():
-    """`python -m backpropagate_core.worker` re-imports cleanly: nothing runs at import and
+    """`python -m backpropagate_core.runs.worker` re-imports cleanly: nothing runs at import and
     the call to main is behind a `__main__` guard."""
-    source = (ROOT / "backpropagate_core" / "worker.py").read_text()
+    source = (ROOT / "backpropagate_core" / "runs" / "worker.py").read_text()
     tree = ast.parse(source)
     top_calls = [n for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
     assert not top_calls
     guard = tree.body[-1]
     assert isinstance(guard, ast.If) and "__main__" in ast.unparse(guard.test)
-    out = subprocess.run([sys.executable, "-c", "import backpropagate_core.worker as w; print(w.main.__name__)"],
+    out = subprocess.run([sys.executable, "-c", "import backpropagate_core.runs.worker as w; print(w.main.__name__)"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout.strip() == "main", out.stderr
 
@@ -139,7 +139,8 @@ def test_tokenization_happens_in_the_main_process(tiny_llama, tmp_path, monkeypa
     (on Windows each would re-import torch)."""
     import json
 
-    from backpropagate_core.train import build_config, prepare
+    from backpropagate_core.training.pipeline import prepare
+    from backpropagate_core.training.run_config import build_config
 
     def no_processes(self):
         raise AssertionError("a process was started during data preparation")

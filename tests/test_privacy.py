@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 import tests.netguard as netguard
-from backpropagate_core import privacy, worker
-from backpropagate_core.runs import RunStore
+from backpropagate_core import privacy
+from backpropagate_core.runs import worker
+from backpropagate_core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def test_training_report_and_info_make_no_outbound_connection(guarded, tiny_llam
         {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}) for i in range(16)) + "\n")
 
     report = worker.dataset_report(str(data), model=str(tiny_llama))
-    assert report["examples"] == 16 and report["format"] == "openai"
+    assert report.examples == 16 and report.format == "openai"
 
     store = RunStore()
     run_id = worker.start_run(str(tiny_llama), str(data),
@@ -77,7 +78,7 @@ def test_training_report_and_info_make_no_outbound_connection(guarded, tiny_llam
 
     blocked, armed = attempts(guarded)
     assert blocked == [], blocked
-    assert len(armed) >= 3  # this process, the report subprocess and the training worker
+    assert len(armed) >= 3  # this process, the engine helper and the training worker
     # The worker names its run first, before any engine work starts.
     first = (run.run_dir / "worker.log").read_text().splitlines()[0]
     assert "run_started" in first and run_id in first

@@ -2,9 +2,9 @@ import multiprocessing as mp
 
 import pytest
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 
 
 def _writer(home: str, run_id: str, n: int) -> None:
@@ -85,3 +85,37 @@ def test_delete_refuses_active_run(tmp_path):
     with pytest.raises(BackpropError) as err:
         store.delete(run.id)
     assert err.value.code == "STATE_RUN_ACTIVE"
+
+
+def test_export_runs_are_children_of_their_training_run(tmp_path):
+    store = RunStore(tmp_path)
+    train = store.create_run(config={}, model="m", dataset="d", name="bot")
+    store.record(ev.Finished(train.id, final_loss=1.0, steps=3))
+    export = store.create_run(config={"format": "gguf"}, model="m", dataset="d", kind="export", parent=train.id)
+    assert (export.kind, export.parent, train.parent) == ("export", train.id, None)
+    assert [r.id for r in store.list(kind="export", parent=train.id)] == [export.id]
+    assert [r.id for r in store.list(top_level=True)] == [train.id]
+    store.record(ev.Failed(export.id, code="EXPORT_FAILED", message="disk full"))
+    assert store.get(train.id).status == "completed"  # the export's outcome is its own
+    store.delete(train.id)  # its exports go with it: their files were in its folder
+    assert store.list() == [] and not export.run_dir.exists()
+
+
+def test_old_database_gets_the_parent_column(tmp_path):
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "runs.db")
+    conn.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, kind TEXT NOT NULL DEFAULT 'train',"
+                 " status TEXT NOT NULL, model TEXT, dataset TEXT, config TEXT NOT NULL DEFAULT '{}',"
+                 " summary TEXT NOT NULL DEFAULT '{}', run_dir TEXT NOT NULL, created_at REAL NOT NULL,"
+                 " started_at REAL, finished_at REAL, step INTEGER NOT NULL DEFAULT 0,"
+                 " total_steps INTEGER NOT NULL DEFAULT 0, last_loss REAL, final_loss REAL, error_code TEXT,"
+                 " error_message TEXT, error_hint TEXT, pid INTEGER, pid_started REAL, host TEXT, heartbeat REAL)")
+    conn.execute("INSERT INTO runs (id, status, run_dir, created_at) VALUES ('old', 'completed', '/x', 1.0)")
+    conn.commit()
+    conn.close()
+    store = RunStore(tmp_path)
+    assert store.get("old").parent is None
+    export = store.create_run(config={}, model="m", dataset="d", kind="export", parent="old")
+    assert [r.id for r in store.list(parent="old")] == [export.id]
+    RunStore(tmp_path)  # opening it again changes nothing

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import sandbox
+from backpropagate_core.serve import sandbox
 from backpropagate_core.errors import BackpropError
 
 

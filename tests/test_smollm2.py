@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core.train import Trainer
+from backpropagate_core.api import Trainer
 
 QUICKSTART = Path(__file__).parent.parent / "examples" / "quickstart.jsonl"
 
@@ -18,7 +18,7 @@ def test_smollm2_quickstart_trains_and_adapter_reloads(tmp_path):
 
     from peft import PeftModel
 
-    from backpropagate_core.model import load_model
+    from backpropagate_core.model.loader import load_model
 
     model = PeftModel.from_pretrained(load_model("smollm2-135m"), saved)
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0

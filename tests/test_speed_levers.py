@@ -4,14 +4,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backpropagate_core import speed  # noqa: E402
-from backpropagate_core.hf_trainer import Collator  # noqa: E402
+from backpropagate_core.training import speed  # noqa: E402
+from backpropagate_core.training.trainer import Collator  # noqa: E402
 
 
 def _model(path, attn="sdpa"):
     from transformers import AutoModelForCausalLM
 
-    from backpropagate_core.model import add_lora
+    from backpropagate_core.model.loader import add_lora
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
@@ -113,14 +113,14 @@ def test_collator_counts_only_real_tokens():
 
 
 def _examples(n=6):
-    from backpropagate_core.data import Example
+    from backpropagate_core.data.formats import Example
 
     return [Example([{"role": "user", "content": f"Question {i}?"},
                      {"role": "assistant", "content": f"Answer {i}."}], i + 1) for i in range(n)]
 
 
 def test_token_cache_reuses_rows_and_misses_on_any_change(tiny_tokenizer, monkeypatch, tmp_path):
-    from backpropagate_core import token_cache
+    from backpropagate_core.data import token_cache
 
     monkeypatch.setenv("BACKPROPAGATE_CACHE_DIR", str(tmp_path / "cache"))
     examples = _examples()
@@ -139,7 +139,7 @@ def test_token_cache_reuses_rows_and_misses_on_any_change(tiny_tokenizer, monkey
 def test_token_cache_key_follows_the_chat_template(tiny_tokenizer):
     import copy
 
-    from backpropagate_core import token_cache
+    from backpropagate_core.data import token_cache
 
     other = copy.deepcopy(tiny_tokenizer)
     other.chat_template = tiny_tokenizer.chat_template.replace("\n", "\n\n")
@@ -147,7 +147,7 @@ def test_token_cache_key_follows_the_chat_template(tiny_tokenizer):
 
 
 def test_a_damaged_cache_entry_is_rebuilt(tiny_tokenizer, monkeypatch, tmp_path):
-    from backpropagate_core import token_cache
+    from backpropagate_core.data import token_cache
 
     monkeypatch.setenv("BACKPROPAGATE_CACHE_DIR", str(tmp_path / "cache"))
     rows = token_cache.tokenize_all(_examples(), tiny_tokenizer, 64)
@@ -197,7 +197,7 @@ def test_input_casts_are_skipped_only_under_autocast_and_restored(tiny_llama):
 
 
 def test_backend_choice(monkeypatch):
-    from backpropagate_core import backends
+    from backpropagate_core.training import backends
     from backpropagate_core.errors import BackpropError
 
     monkeypatch.setattr(backends, "installed", lambda: True)
@@ -225,7 +225,7 @@ def test_unsloth_backend_trains_with_the_same_events_and_artifacts(tiny_llama, t
     data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"},
                                                        {"role": "assistant", "content": f"Hello {i}."}]})
                               for i in range(8)))
-    script = (f"from backpropagate_core.train import Trainer\n"
+    script = (f"from backpropagate_core.api import Trainer\n"
               f"r = Trainer({str(tiny_llama)!r}, backend='unsloth', report_to='none')"
               f".train({str(data)!r}, steps=2, val_fraction=0.0, save_steps=2)\n"
               f"print('RESULT', r.status, r.steps, r.adapter_path)\n")
@@ -235,18 +235,19 @@ def test_unsloth_backend_trains_with_the_same_events_and_artifacts(tiny_llama, t
     status, steps, adapter = proc.stdout.split("RESULT ")[-1].split()
     assert status == "completed" and steps == "2"
     assert (tmp_path / adapter / "adapter_model.safetensors").is_file()
-    events = (tmp_path / adapter).parent / "events.jsonl"
-    kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]
+    from backpropagate_core.runs.store import RunStore
+
+    events = [e for _, e in RunStore().events((tmp_path / adapter).parent.name)]
+    kinds = [e["type"] for e in events]
     assert kinds.count("step") == 2 and "checkpoint" in kinds and kinds[-1] == "finished"
-    assert any("backend unsloth" in json.loads(line).get("message", "")
-               for line in events.read_text().splitlines())
+    assert any("backend unsloth" in e.get("message", "") for e in events)
 
 
 def test_fit_runs_the_labelled_loss_under_autocast(tiny_llama, tiny_tokenizer, tmp_path):
     """The labelled loss calls the decoder directly, past the autocast accelerate wraps
     around model.forward: fit must put autocast back (a bf16 run would be fp32 otherwise)."""
     from backpropagate_core.config import TrainingSettings
-    from backpropagate_core.hf_trainer import fit
+    from backpropagate_core.training.trainer import fit
 
     model = _model(tiny_llama).train()
     seen = []
@@ -263,7 +264,7 @@ def test_fit_runs_the_labelled_loss_under_autocast(tiny_llama, tiny_tokenizer, t
 def test_single_process_cuda_runs_load_onto_the_gpu(monkeypatch):
     """Liger's Triton kernels failed on an H200 for a model loaded on the CPU and moved by
     the Trainer; a single-process CUDA run loads straight onto its GPU instead."""
-    from backpropagate_core import backends
+    from backpropagate_core.training import backends
 
     assert backends._this_gpu() is None  # no GPU here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import trackers
+from backpropagate_core.training import trackers
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.train import Trainer
+from backpropagate_core.api import Trainer
 
 
 @pytest.fixture

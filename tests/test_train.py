@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
-from backpropagate_core.train import Trainer
+from backpropagate_core.runs.store import RunStore
+from backpropagate_core.api import Trainer
 
 FACTS = [("What colour is the sky?", "The sky is blue."),
          ("What do bees make?", "Bees make honey."),

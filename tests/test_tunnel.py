@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import tunnel
+from backpropagate_core.serve import tunnel
 from backpropagate_core.errors import BackpropError
 
 

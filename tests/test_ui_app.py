@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def test_run_detail_reads_resolved_config_and_new_events(isolated_home):
 
 def test_live_read_run_handles_deleted_runs(isolated_home):
     from backpropagate_app.display import RunTail
-    from backpropagate_app.live import read_run
+    from backpropagate_app.poller import read_run
 
     store = RunStore(isolated_home)
     run_id = record_run(store, "a", [2.0, 1.0])

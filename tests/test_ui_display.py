@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from backpropagate_app import display as d
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.protocol import DatasetReport
+from backpropagate_core.runs.store import RunStore
 
 
 def step(n: int, total: int = 10, loss: float = 2.0, **extra) -> dict:
@@ -199,65 +200,24 @@ def test_event_rows_include_steps_and_hardware():
     assert out[1]["text"] == "CPU 10%"
 
 
-# ---- the training form ------------------------------------------------------------------------
-
-PLAN = {"config": {"training": {"steps": 27, "learning_rate": 0.0002, "batch_size": 4, "grad_accum": 1,
-                                "max_seq_len": 704}, "lora": {"r": 16, "alpha": 32}},
-        "reasons": {"steps": "~3 epochs", "learning_rate": "standard LoRA rate"}}
-
-
-def test_plan_form_prefills_values_and_captions():
-    values, captions = d.plan_form(PLAN)
-    assert values == {"steps": "27", "learning_rate": "0.0002", "batch_size": "4", "grad_accum": "1",
-                      "max_seq_len": "704", "r": "16", "alpha": "32"}
-    assert captions["steps"] == "~3 epochs"
-    assert "LoRA rank" in captions["r"]  # no reason from the plan: the field's own description
-    assert "None" not in d.default_captions()["steps"]
-
-
-def test_form_overrides_only_send_what_the_person_changed():
-    planned, _ = d.plan_form(PLAN)
-    form = dict(planned, steps="40", learning_rate="1e-4", r="")
-    assert d.form_overrides(form, planned) == {"steps": 40, "learning_rate": 0.0001}
-    assert d.form_overrides({"steps": "12"}, {}) == {"steps": 12}
-
-
-def test_form_overrides_report_every_bad_field_at_once():
-    with pytest.raises(BackpropError) as err:
-        d.form_overrides({"steps": "ten", "learning_rate": "-1", "batch_size": "2.5"}, {})
-    assert err.value.code == "CONFIG_INVALID"
-    for part in ("Steps", "Learning rate", "Batch size"):
-        assert part in err.value.message
-
-
-def test_merge_plan_keeps_edits_and_captions_say_so():
-    planned, captions = d.plan_form(PLAN)
-    form = dict(planned, steps="5")
-    fresh = dict(planned, steps="99", learning_rate="0.0001")
-    merged = d.merge_plan(form, planned, fresh)
-    assert merged["steps"] == "5" and merged["learning_rate"] == "0.0001"
-    notes = d.field_captions(merged, fresh, captions)
-    assert notes["steps"].startswith("set by you; the plan chose 99")
-    assert notes["learning_rate"] == "standard LoRA rate"
-
-
 # ---- dataset report ---------------------------------------------------------------------------
 
 def test_report_view():
-    view = d.report_view({
-        "format": "openai", "examples": 12, "duplicates": 1, "empty": 0, "over_long": 2,
+    view = d.report_view(DatasetReport.model_validate({
+        "path": "/d.jsonl", "format": "openai", "examples": 12, "duplicates": 1, "empty": 0, "over_long": 2,
         "token_percentiles": {"p50": 28, "p90": 31, "p95": 33, "p99": 33, "max": 33},
         "histogram": [{"bin_start": 28, "bin_end": 29, "count": 6}], "total_tokens": 3470,
         "problems": [{"line": 5, "code": "INPUT_DATASET_INVALID", "message": "line 5: invalid JSON"},
                      {"line": None, "code": "X", "message": "file-wide"}],
         "preview": [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]],
-    })
-    assert view["examples"] == "12" and view["tokens"] == "p50 28 · p95 33 · max 33"
-    assert view["total_tokens"] == "3,470" and view["problem_count"] == 2
+    }))
+    summary = view["summary"]
+    assert summary.examples == 12 and summary.over_long == 2 and summary.tokens == "p50 28 · p95 33 · max 33"
+    assert summary.total_tokens == "3,470" and view["problem_count"] == 2
     assert view["problems"][0]["line"] == "5" and view["problems"][1]["line"] == "—"
     assert view["preview"][0][1] == {"role": "assistant", "content": "hello"}
-    no_tokens = d.report_view({"format": "text", "examples": 3})
-    assert no_tokens["tokens"].startswith("no tokenizer") and no_tokens["histogram"] == []
+    no_tokens = d.report_view(DatasetReport(path="/d.jsonl", format="text", examples=3))
+    assert no_tokens["summary"].tokens.startswith("no tokenizer") and no_tokens["histogram"] == []
 
 
 def test_errors_become_coded_views():
@@ -265,19 +225,3 @@ def test_errors_become_coded_views():
     assert view["code"] == "INPUT_DATASET_EMPTY" and view["hint"]
     unexpected = d.unexpected_error(ValueError("boom"))
     assert unexpected["code"] == "RUNTIME_UNEXPECTED" and "ValueError: boom" in unexpected["message"]
-
-
-def test_memory_line_uses_the_form_then_the_plan(tiny_llama):
-    from backpropagate_app.display import memory_line, plan_memory
-
-    plan = {"device": "cpu", "memory_gb": 8.0, "label_fraction": 0.5,
-            "config": {"training": {"precision": "bf16", "load_in_4bit": False}}}
-    facts = plan_memory(plan)
-    planned = {"max_seq_len": "128", "batch_size": "4", "r": "16"}
-    small = memory_line(str(tiny_llama), {}, planned, facts)
-    assert small.startswith("Memory: about") and "of 8.0 GB of RAM" in small and "may not fit" not in small
-    huge = memory_line(str(tiny_llama), {"batch_size": "200000"}, planned, facts)
-    assert "may not fit" in huge
-    assert memory_line(str(tiny_llama), {"batch_size": "abc"}, {"max_seq_len": "128", "r": "16"}, facts) == ""
-    assert "no estimate" in memory_line("someone/unknown-model", {}, planned, facts)
-    assert memory_line(str(tiny_llama), {}, planned, {}) == ""  # no plan yet

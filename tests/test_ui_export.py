@@ -1,5 +1,6 @@
-"""The Export page without a browser: what it lists, the sizes it promises, how it folds
-an export job's events into progress and a result card, and what it refuses."""
+"""The Export page without a browser: what it lists, the sizes it promises, how it shows
+an export run (kind "export", parent the training run) as progress and a result card, and
+what it refuses."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import time
 
 import pytest
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.export import QUANTIZATIONS
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 
 
 def fake_adapter(folder, weight_bytes: int = 2048):
@@ -103,41 +104,58 @@ def test_runs_sources_and_files_come_from_the_store(isolated_home):
     assert view.gguf_path(summary, "/etc/passwd") is None and view.gguf_path(summary, "none") is None
 
 
-def _progress(job_run: str, stage: str, done: int = 0, total: int = 1, message: str = "") -> dict:
-    return {"type": "export_progress", "run_id": job_run, "ts": time.time(), "stage": stage, "done": done,
-            "total": total, "message": message}
+def start_export(store: RunStore, run_id: str, fmt: str = "gguf", quantization: str = "q4_k_m",
+                 ollama_name: str | None = None):
+    """An export run as `worker.start_export` creates it, without its worker."""
+    from backpropagate_core.export import jobs
+
+    run = store.get(run_id)
+    export = jobs.create_export(store, run, jobs.check_request(run, fmt, quantization, ollama_name=ollama_name))
+    store.record(ev.RunStarted(export.id, config=export.config))
+    return store.get(export.id)
 
 
-STARTED = {"type": "export_started", "run_id": "r", "ts": 0.0, "job": "j1", "format": "gguf",
-           "quantization": "q4_k_m", "source": "final adapter", "ollama_name": None, "pid": 1,
-           "log": "/runs/r/export.log"}
+def progress(store: RunStore, export_id: str, *stages: str, done: int = 0, total: int = 1, message: str = ""):
+    for stage in stages:
+        store.record(ev.ExportProgress(export_id, stage=stage, done=done, total=total, message=message))
+
+
 VERIFICATION = {"max_logit_diff": 0.41, "bound": 1.2, "top1_agreement": 0.93, "min_top1_agreement": 0.4,
                 "positions": 120, "kl_divergence": 0.0123, "tokenization_match": True, "tokenization_cases": 9,
                 "greedy_match": False, "passed": True}
-DONE = {"type": "export_done", "run_id": "r", "ts": 1.0, "job": "j1", "ollama": {}, "ollama_error": {},
-        "result": {"path": "/runs/r/exports/gguf-q4_k_m/my-bot-q4_k_m.gguf",
-                   "folder": "/runs/r/exports/gguf-q4_k_m", "format": "gguf", "quantization": "q4_k_m",
-                   "size_bytes": 84_000_000, "seconds": 75.0, "verification": VERIFICATION}}
+RESULT = {"path": "/runs/r/exports/gguf-q4_k_m/my-bot-q4_k_m.gguf", "folder": "/runs/r/exports/gguf-q4_k_m",
+          "format": "gguf", "quantization": "q4_k_m", "size_bytes": 84_000_000, "seconds": 75.0,
+          "verification": VERIFICATION}
 
 
-def test_export_tail_follows_a_job_to_its_result():
-    from backpropagate_app.export_view import EMPTY_JOB, ExportTail
+def finish(store: RunStore, export_id: str, **summary) -> None:
+    store.merge_summary(export_id, result=RESULT, **summary)
+    store.record(ev.Finished(export_id, final_loss=None, steps=0, artifacts={"export": RESULT["path"]}))
 
-    tail = ExportTail("r")
-    assert tail.view() == EMPTY_JOB
-    tail.feed([(1, STARTED), (2, _progress("r", "load")), (3, _progress("r", "reference")),
-               (4, _progress("r", "merge")), (5, _progress("r", "write", 10, 20, "writing x.gguf"))])
-    view = tail.view(alive=True)
-    assert view["status"] == "running" and view["title"] == "GGUF q4_k_m of the final adapter"
+
+def test_export_run_followed_to_its_result(isolated_home):
+    from backpropagate_app.export_view import EMPTY_JOB, ExportFollow
+
+    store = RunStore(isolated_home)
+    run_id = add_run(store, "my-bot")
+    follow = ExportFollow(run_id)
+    assert follow.read(store) == EMPTY_JOB
+    export = start_export(store, run_id)
+    assert (export.kind, export.parent, export.status) == ("export", run_id, "running")
+    progress(store, export.id, "load", "reference", "merge")
+    progress(store, export.id, "write", done=10, total=20, message="writing x.gguf")
+    view = follow.read(store)
+    assert view["job"] == export.id and view["status"] == "running"
+    assert view["title"] == "GGUF q4_k_m of the final adapter"
     assert [(s["key"], s["status"]) for s in view["stages"]] == [
         ("load", "done"), ("reference", "done"), ("merge", "done"), ("write", "active"),
         ("quantize", "pending"), ("verify", "pending")]
     assert view["progress"] == 58  # 3.5 of 6 stages
     assert view["messages"][0]["text"] == "writing x.gguf" and view["result"] == {}
 
-    tail.feed([(6, _progress("r", "quantize")), (7, _progress("r", "verify")), (8, _progress("r", "done")),
-               (9, DONE)])
-    view = tail.view()
+    progress(store, export.id, "quantize", "verify", "done")
+    finish(store, export.id)
+    view = follow.read(store)
     assert view["status"] == "done" and view["progress"] == 100
     assert all(s["status"] == "done" for s in view["stages"])
     assert view["result"]["size"] == "84.0 MB" and view["result"]["verified"] == "verified"
@@ -150,38 +168,71 @@ def test_export_tail_follows_a_job_to_its_result():
     # Not registered: the command creates the model from the export's Modelfile, then runs it.
     assert view["ollama"]["command"] == ("cd /runs/r/exports/gguf-q4_k_m && ollama create my-bot:q4_k_m "
                                          "-f Modelfile && ollama run my-bot:q4_k_m")
+    assert store.get(run_id).status == "completed"  # an export never changes its training run
 
 
-def test_export_tail_registered_failed_died_and_restarted():
-    from backpropagate_app.export_view import ExportTail
+def test_export_runs_registered_failed_and_killed(isolated_home):
+    import subprocess
+    import sys
 
-    tail = ExportTail("r")
-    started = {**STARTED, "ollama_name": "bot:q4"}
-    done = {**DONE, "ollama": {"name": "bot:q4", "host": "http://127.0.0.1:11434",
-                               "run_command": "ollama run bot:q4"}}
-    tail.feed([(1, started), (2, _progress("r", "ollama", message="success")), (3, done)])
-    view = tail.view()
+    from backpropagate_app.export_view import ExportFollow, export_run_rows
+
+    store = RunStore(isolated_home)
+    run_id = add_run(store, "bot")
+    follow = ExportFollow(run_id)
+    registered = start_export(store, run_id, ollama_name="bot:q4")
+    progress(store, registered.id, "ollama", message="success")
+    finish(store, registered.id, ollama={"name": "bot:q4", "host": "http://127.0.0.1:11434",
+                                         "run_command": "ollama run bot:q4"}, ollama_error={})
+    view = follow.read(store)
     assert view["stages"][-1] == {"key": "ollama", "label": "Register with Ollama", "status": "done"}
     assert view["ollama"] == {"registered": "yes", "name": "bot:q4", "host": "http://127.0.0.1:11434",
                               "command": "ollama run bot:q4"}
 
-    # A new job replaces the old one in the view; its coded failure is shown as is.
-    tail.feed([(4, {**STARTED, "job": "j2"}), (5, _progress("r", "verify")),
-               (6, {"type": "export_failed", "job": "j2", "code": "EXPORT_VERIFY_FAILED",
-                    "message": "gguf q4_k_m: max logit difference 9 > bound 1", "hint": "try q8_0"})])
-    view = tail.view()
-    assert view["status"] == "failed" and view["error"]["code"] == "EXPORT_VERIFY_FAILED"
-    assert view["error"]["hint"] == "try q8_0" and view["result"] == {}
-    assert [s["status"] for s in view["stages"]][-1] == "failed"
+    # A new export replaces the old one in the view; its coded failure is shown as is.
+    failed = start_export(store, run_id)
+    progress(store, failed.id, "verify")
+    store.record(ev.Failed(failed.id, code="EXPORT_VERIFY_FAILED",
+                           message="gguf q4_k_m: max logit difference 9 > bound 1", hint="try q8_0"))
+    view = follow.read(store)
+    assert view["job"] == failed.id and view["status"] == "failed"
+    assert view["error"]["code"] == "EXPORT_VERIFY_FAILED" and view["error"]["hint"] == "try q8_0"
+    assert view["result"] == {} and [s["status"] for s in view["stages"]][-1] == "failed"
+    assert store.get(run_id).status == "completed"
 
-    # A worker that vanished without reporting.
-    tail.feed([(7, {**STARTED, "job": "j3"}), (8, _progress("r", "load"))])
-    view = tail.view(alive=False)
+    # A worker that vanished without reporting: the store marks its export interrupted.
+    killed = start_export(store, run_id, "merged", "f32")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    store.claim(killed.id, pid=proc.pid)
+    proc.wait()
+    assert store.reap_dead() == [killed.id]
+    view = follow.read(store)
     assert view["status"] == "failed" and view["error"]["code"] == "RUNTIME_WORKER_DIED"
-    assert "/runs/r/export.log" in view["error"]["hint"]
-    # An end event of another job does not end this one.
-    tail.feed([(9, {**DONE, "job": "j1"})])
-    assert tail.view(alive=True)["status"] == "running"
+    assert "worker.log" in view["error"]["hint"] and view["title"] == "Merged model f32 of the final adapter"
+    assert [(r["id"], r["status"]) for r in export_run_rows(store, run_id)] == [
+        (killed.id, "interrupted"), (failed.id, "failed"), (registered.id, "completed")]
+    assert store.get(run_id).status == "completed"
+
+
+def test_one_export_per_run_at_a_time(isolated_home):
+    from backpropagate_core.export import jobs
+
+    store = RunStore(isolated_home)
+    run_id = add_run(store, "bot")
+    other = add_run(store, "other")
+    first = start_export(store, run_id)
+    with pytest.raises(BackpropError) as busy:
+        start_export(store, run_id, "adapter")
+    assert busy.value.code == "STATE_RUN_ACTIVE" and first.id[:8] in busy.value.message
+    assert [e.id for e in store.list(kind="export")] == [first.id]  # refused before any row
+    start_export(store, other)  # another run's export is not held up
+    progress(store, first.id, "done")
+    finish(store, first.id)
+    assert start_export(store, run_id, "adapter").parent == run_id
+    # An export run is not itself exported, resumed or stopped.
+    with pytest.raises(BackpropError) as err:
+        jobs.check_request(store.get(first.id), "gguf")
+    assert err.value.code == "INPUT_EXPORT_SOURCE_INVALID"
 
 
 def test_adapter_verification_and_chat_cards():
@@ -202,14 +253,14 @@ def test_adapter_verification_and_chat_cards():
 
 def test_read_job_and_refusals_before_any_process_starts(isolated_home):
     from backpropagate_app import export_view as view
-    from backpropagate_app.pages.export import answer, launch, read_job
+    from backpropagate_app.export_chat import answer
+    from backpropagate_app.pages.export import launch, read_job
 
     store = RunStore(isolated_home)
     run_id = add_run(store, "done")
     stopped = add_run(store, "stopped", status="cancelled", adapter=False, checkpoints=(4,))
-    store.record(ev.LogLine(run_id, message="not an export event"))
-    tail = view.ExportTail(run_id)
-    assert read_job(run_id, tail) == view.EMPTY_JOB and tail.after_id == 0
+    store.record(ev.LogLine(run_id, message="not an export"))
+    assert read_job(view.ExportFollow(run_id)) == view.EMPTY_JOB
 
     for args, code in [((run_id, "final", "gguf", "q9", "auto", ""), "INPUT_EXPORT_OPTION_INVALID"),
                        ((run_id, "final", "gguf", "q4_k_m", "auto", "no spaces please"), "INPUT_OLLAMA_NAME_INVALID"),
@@ -222,4 +273,21 @@ def test_read_job_and_refusals_before_any_process_starts(isolated_home):
         with pytest.raises(BackpropError) as err:
             answer(run_id, source, "none", prompt)
         assert err.value.code.startswith("INPUT_EXPORT_")
-    assert store.events(run_id, types=("export_started",)) == []
+    assert store.list(kind="export") == []  # nothing was started
+
+
+def test_run_page_lists_the_exports_and_an_export_links_to_its_run(isolated_home):
+    from backpropagate_app.pages.run_detail import RunDetails
+
+    store = RunStore(isolated_home)
+    run_id = add_run(store, "bot")
+    export = start_export(store, run_id)
+    progress(store, export.id, "load", message="loading")
+    shown = RunDetails(run_id).poll()
+    assert [(e["id"], e["title"], e["status"]) for e in shown["exports"]] == [
+        (export.id, "GGUF q4_k_m of the final adapter", "running")]
+    details = RunDetails(export.id)
+    shown = details.poll()
+    assert (shown["kind"], shown["parent"], shown["exports"]) == ("export", run_id, [])
+    assert any(e["kind"] == "export_progress" or "loading" in e["text"] for e in shown["events"])
+    assert details.poll() is None  # nothing new

@@ -9,10 +9,11 @@ import re
 import pytest
 
 from backpropagate_app import multirun_view as view
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.multirun import KIND, CampaignRunStarted, ForgettingMeasured, MergeDone
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.events import CampaignRunStarted, ForgettingMeasured, MergeDone
+from backpropagate_core.training.campaign_state import KIND
+from backpropagate_core.runs.store import RunStore
 
 MATRIX = [[1.0, None, None], [1.2, 0.8, None], [1.3, 0.9, 0.6]]
 
@@ -197,7 +198,7 @@ def test_campaign_tail_view_of_a_recorded_campaign(isolated_home):
 
 
 def test_page_shows_the_active_campaign_unless_one_was_picked(isolated_home):
-    from backpropagate_app.pages.multirun import campaign_to_show
+    from backpropagate_app.multirun_state import campaign_to_show
 
     store = RunStore(isolated_home)
     assert campaign_to_show("", False) == ""
@@ -224,7 +225,7 @@ def test_default_pair_prefers_the_other_mode_on_the_same_data():
 
 
 def test_comparison_of_two_recorded_campaigns(isolated_home):
-    from backpropagate_app.pages.multirun import list_campaigns, read_comparison
+    from backpropagate_app.multirun_state import list_campaigns, read_comparison
 
     store = RunStore(isolated_home)
     slao = record_campaign(store, "s", "slao")

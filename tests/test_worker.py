@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from backpropagate_core import worker
+from backpropagate_core.runs import worker
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 from tests.test_train import write_dataset
 
 
@@ -75,12 +75,12 @@ def test_start_run_validates_before_spawning(tiny_llama, tmp_path):
 
 def test_dataset_report_and_plan_run_out_of_process(tiny_llama, dataset, tmp_path):
     report = worker.dataset_report(str(dataset), model=str(tiny_llama))
-    assert report["format"] == "sharegpt" and report["examples"] == 40
+    assert report.format == "sharegpt" and report.examples == 40
     plan = worker.plan(str(tiny_llama), str(dataset), {"steps": 7})
-    assert plan["config"]["training"]["steps"] == 7
-    assert plan["reasons"]["steps"] == "set by you" and "learning_rate" in plan["reasons"]
+    assert plan.config.training.steps == 7
+    assert plan.reasons["steps"] == "set by you" and "learning_rate" in plan.reasons
     # what the Train page's memory estimate needs: this machine's memory, the labelled share
-    assert plan["memory_gb"] > 0 and 0 < plan["label_fraction"] < 1
+    assert plan.memory_gb > 0 and 0 < plan.label_fraction < 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     with pytest.raises(BackpropError) as err:

@@ -9,7 +9,7 @@ import reflex as rx
 
 from backpropagate_app import components as ui
 from backpropagate_app import engine
-from backpropagate_app.display import error_view, report_view, unexpected_error
+from backpropagate_app.display import ReportSummary, error_view, report_view, unexpected_error
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
 
@@ -26,7 +26,7 @@ class DatasetState(rx.State):
     upload_error: dict[str, str] = {}
     analysing: bool = False
     error: dict[str, str] = {}
-    report: dict[str, str] = {}
+    report: ReportSummary = ReportSummary()
     histogram: list[dict] = []
     problems: list[dict[str, str]] = []
     problem_count: int = 0
@@ -75,12 +75,12 @@ class DatasetState(rx.State):
 
     @rx.event(background=True)
     async def analyse(self):
-        """Run `backprop data report` on the chosen file in a subprocess."""
+        """Ask the engine helper for the chosen file's report (`backprop data report`)."""
         async with self:
             if not self.path:
                 return
             path, model = self.path, self.tokenizer.strip()
-            self.analysing, self.error, self.report = True, {}, {}
+            self.analysing, self.error, self.report = True, {}, ReportSummary()
             self.histogram, self.problems, self.preview, self.problem_count = [], [], [], 0
         try:
             view, error = report_view(await asyncio.to_thread(engine.dataset_report, path, model)), {}
@@ -93,11 +93,11 @@ class DatasetState(rx.State):
                 return  # another file was picked meanwhile; its own analysis reports
             self.analysing, self.error = False, error
             if view is not None:
-                self.histogram = view.pop("histogram")
-                self.problems = view.pop("problems")
-                self.preview = view.pop("preview")
-                self.problem_count = view.pop("problem_count")
-                self.report = {k: str(v) for k, v in view.items()}
+                self.report = view["summary"]
+                self.histogram = view["histogram"]
+                self.problems = view["problems"]
+                self.preview = view["preview"]
+                self.problem_count = view["problem_count"]
 
     @rx.var
     def train_href(self) -> str:
@@ -163,13 +163,13 @@ def summary_card() -> rx.Component:
                   rx.link(rx.button(rx.icon("flame"), "Train on this dataset", size="2"), href=S.train_href),
                   align="center", width="100%", wrap="wrap"),
         rx.flex(
-            ui.stat("Format", r["format"], "report-format"),
-            ui.stat("Examples", r["examples"], "report-examples"),
-            ui.stat("Tokens per example", r["tokens"], "report-tokens"),
-            ui.stat("Total tokens", r["total_tokens"]),
-            ui.stat("Duplicates", r["duplicates"]),
-            ui.stat("Empty replies", r["empty"]),
-            ui.stat("Over max length", r["over_long"]),
+            ui.stat("Format", r.format, "report-format"),
+            ui.stat("Examples", r.examples, "report-examples"),
+            ui.stat("Tokens per example", r.tokens, "report-tokens"),
+            ui.stat("Total tokens", r.total_tokens),
+            ui.stat("Duplicates", r.duplicates),
+            ui.stat("Empty replies", r.empty),
+            ui.stat("Over max length", r.over_long),
             wrap="wrap", spacing="6",
         ),
         title="Report",
@@ -261,7 +261,7 @@ def dataset_page() -> rx.Component:
                                   data_testid="analysing"))),
         ui.error_callout(S.error, test_id="report-error"),
         rx.cond(
-            S.report.contains("format"),
+            S.report.format != "",
             rx.vstack(
                 summary_card(),
                 rx.grid(histogram_card(), problems_card(), columns=rx.breakpoints(initial="1", lg="2"),

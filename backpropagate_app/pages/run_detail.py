@@ -1,5 +1,5 @@
-"""One run: live panel, config with the reasons for each default, events, artifacts,
-Resume and Delete."""
+"""One run: live panel, config with the reasons for each default, events, artifacts, its
+exports (runs of kind "export" whose parent it is), Resume and Delete."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import reflex as rx
 from backpropagate_app import components as ui
 from backpropagate_app import engine
 from backpropagate_app.display import config_rows, error_view, event_rows, unexpected_error
+from backpropagate_app.export_view import export_run_rows
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
@@ -31,15 +32,19 @@ class RunDetails:
         self.after_id = 0
         self.rows: deque[tuple[int, dict]] = deque(maxlen=EVENT_ROWS)
         self.started: dict | None = None
+        self.exports: list[dict[str, str]] = []
 
     def poll(self) -> dict | None:
-        """{config, events, kind, active} when something changed since the last poll, else
-        None; raises STATE_RUN_NOT_FOUND once the run is deleted."""
+        """{config, events, kind, active, parent, exports} when something changed since the
+        last poll, else None; raises STATE_RUN_NOT_FOUND once the run is deleted."""
         store = engine.store()
         run = store.get(self.run_id)
         new = store.events(run.id, after_id=self.after_id)
-        if not new and self.after_id:
+        # An export records its events on its own run, so the list is read every poll.
+        exports = export_run_rows(store, run.id)
+        if not new and self.after_id and exports == self.exports:
             return None
+        self.exports = exports
         for row_id, event in new:
             self.after_id = row_id
             if event.get("type") == "run_started":
@@ -49,13 +54,15 @@ class RunDetails:
         if self.started:
             config, reasons = self.started.get("config") or config, self.started.get("reasons") or {}
         return {"config": config_rows(config, reasons), "events": list(reversed(event_rows(list(self.rows)))),
-                "kind": run.kind, "active": run.active}
+                "kind": run.kind, "active": run.active, "parent": run.parent or "", "exports": exports}
 
 
 class RunDetailState(RunView, rx.State):
     config: list[dict[str, str]] = []
     events: list[dict[str, str]] = []
     kind: str = "train"
+    parent: str = ""
+    exports: list[dict[str, str]] = []
     missing: bool = False
     action_error: dict[str, str] = {}
     confirm_delete: bool = False
@@ -71,7 +78,7 @@ class RunDetailState(RunView, rx.State):
     def load(self):
         self.run_id = self._route_run_id()
         self.missing, self.action_error, self.confirm_delete = not self.run_id, {}, False
-        self.config, self.events = [], []
+        self.config, self.events, self.parent, self.exports = [], [], "", []
         if self.run_id:
             return [RunDetailState.follow, RunDetailState.follow_details]
 
@@ -97,7 +104,8 @@ class RunDetailState(RunView, rx.State):
                 async with self:
                     if self.run_id != details.run_id:
                         return
-                    self.config, self.events, self.kind = changed["config"], changed["events"], changed["kind"]
+                    for key in ("config", "events", "kind", "parent", "exports"):
+                        setattr(self, key, changed[key])
             await asyncio.sleep(1.0)
 
     @rx.event(background=True)
@@ -136,7 +144,7 @@ def actions() -> rx.Component:
                 rx.link(rx.button(rx.icon("flame"), "Watch on Train page", variant="soft"), href="/train")),
         rx.cond(~S.active & (S.status != ""),
                 rx.link(rx.button(rx.icon("package"), "Export or chat", variant="soft"),
-                        href="/export?run=" + S.run_id, data_testid="export-link")),
+                        href="/export?run=" + rx.cond(S.parent != "", S.parent, S.run_id), data_testid="export-link")),
         rx.alert_dialog.root(
             rx.alert_dialog.trigger(
                 rx.button(rx.icon("trash-2"), "Delete", color_scheme="red", variant="soft",
@@ -202,6 +210,20 @@ def artifacts_card() -> rx.Component:
     )
 
 
+def exports_card() -> rx.Component:
+    S = RunDetailState
+    row = lambda e: rx.table.row(  # noqa: E731
+        rx.table.cell(rx.link(e["title"], href="/runs/" + e["id"].to(str)),
+                      rx.text(e["short_id"], size="1", color_scheme="gray")),
+        rx.table.cell(ui.status_badge(e["status"])),
+        rx.table.cell(rx.text(e["started"], size="2", white_space="nowrap")),
+        rx.table.cell(rx.cond(e["error"] != "", rx.text(e["error"], size="1", color="red"), ui.code_text(e["path"]))),
+        data_testid="export-run-row", data_status=e["status"],
+    )
+    return ui.card(rx.table.root(rx.table.body(rx.foreach(S.exports, row)), size="1", width="100%"),
+                   title="Exports of this run", data_testid="detail-exports")
+
+
 def run_detail_page() -> rx.Component:
     S = RunDetailState
     title = rx.hstack(
@@ -222,9 +244,12 @@ def run_detail_page() -> rx.Component:
                 ui.error_callout(S.action_error, test_id="action-error"),
                 rx.text(S.model, " · ", S.dataset, size="2", color_scheme="gray",
                         style={"word_break": "break-all"}),
+                rx.cond(S.parent != "", rx.link(rx.text("An export of run ", rx.code(S.parent)),
+                                                href="/runs/" + S.parent, size="2", data_testid="parent-link")),
                 run_panel(S, title),
                 rx.grid(config_card(), artifacts_card(), columns=rx.breakpoints(initial="1", lg="2"),
                         spacing="4", width="100%"),
+                rx.cond(S.exports.length() > 0, exports_card()),
                 events_card(),
                 spacing="4", width="100%",
             ),

@@ -1,4 +1,5 @@
-"""Runs: every run in the store, filterable by status, each with a loss sparkline."""
+"""Runs: every training run in the store, filterable by status, each with a loss sparkline.
+Exports are runs too (kind "export"); they are listed on their training run's page."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from backpropagate_app import components as ui
 from backpropagate_app import engine
 from backpropagate_app.display import run_row, sparkline, unexpected_error
 from backpropagate_app.shell import Page, ShellState, layout
-from backpropagate_core.runs import STATUSES
+from backpropagate_core.runs.store import STATUSES
 
 ALL = "all"
 LIMIT = 200
@@ -34,7 +35,8 @@ class SparkCache:
 
 
 def read_rows(status: str, sparks: SparkCache, kind: str | None = None) -> list[dict]:
-    runs = engine.store().list(status=None if status == ALL else status, kind=kind, limit=LIMIT)
+    runs = engine.store().list(status=None if status == ALL else status, kind=kind, limit=LIMIT,
+                               top_level=True)
     return [run_row(r.to_dict(), sparks.get(r)) for r in runs]
 
 

@@ -8,11 +8,11 @@ import reflex as rx
 
 from backpropagate_app import components as ui
 from backpropagate_app import engine
-from backpropagate_app.display import (FORM_FIELDS, EMPTY_RUN_VIEW, default_captions, error_view,
-                                       field_captions, form_overrides, memory_line, merge_plan, plan_form,
-                                       plan_memory, unexpected_error)
+from backpropagate_app.display import EMPTY_RUN_VIEW, error_view, unexpected_error
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
+from backpropagate_app.train_form import (FORM_FIELDS, MemoryFacts, default_captions, field_captions,
+                                          form_overrides, memory_line, merge_plan, plan_captions, plan_values)
 from backpropagate_core.errors import BackpropError
 
 
@@ -52,9 +52,11 @@ class TrainState(rx.State):
     dataset_path: str = ""
     run_name: str = ""
     form: dict[str, str] = {}
-    planned: dict[str, str] = {}
+    """What the person typed in each field (prefilled from the plan)."""
+    planned: dict[str, float] = {}
+    """The last plan's value for each field."""
     captions: dict[str, str] = {}
-    plan_facts: dict[str, str] = {}
+    plan_facts: MemoryFacts = MemoryFacts()
     """Device, memory and precision from the last plan, for `memory_note`."""
     planning: bool = False
     _plan_ticket: int = 0
@@ -110,11 +112,10 @@ class TrainState(rx.State):
             self._plan_ticket += 1
             ticket = self._plan_ticket
             self.planning, self.plan_error = True, {}
-        values, captions, facts, error = None, None, {}, {}
+        values, captions, facts, error = None, None, MemoryFacts(), {}
         try:
             plan = await asyncio.to_thread(engine.plan, model, data)
-            values, captions = plan_form(plan)
-            facts = plan_memory(plan)
+            values, captions, facts = plan_values(plan), plan_captions(plan), MemoryFacts.of(plan)
         except BackpropError as err:
             error = error_view(err)
         except Exception as exc:  # noqa: BLE001 - the UI task's outer edge

@@ -25,23 +25,25 @@ def report_command(
                               help="Model whose tokenizer and chat template count tokens; "
                                    "'none' skips token statistics. Default: the configured model."),
     max_seq_len: int = typer.Option(None, "--max-seq-len", help="Count examples longer than this many tokens."),
-    skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines/--strict",
-                                        help="List malformed lines instead of stopping at the first."),
+    skip_bad_lines: bool = typer.Option(True, "--skip-bad-lines/--strict",
+                                        help="List every malformed line (default), or stop at the first."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Format, example count, problems, duplicates and token-length percentiles of a dataset."""
-    from backpropagate_core import data
+    from backpropagate_core.data import dataset as data
 
     loaded = data.load(file, skip_bad_lines=skip_bad_lines)
     tokenizer = None
     if (model or "").lower() != "none":
         from backpropagate_core.config import load_settings
-        from backpropagate_core.model import load_tokenizer
+        from backpropagate_core.model.loader import load_tokenizer
 
         settings = load_settings()
         tokenizer = load_tokenizer(model or settings.model,
                                    trust_remote_code=settings.training.trust_remote_code)
-    result = data.build_report(loaded, tokenizer, max_seq_len)
+    from backpropagate_core.data.report import build_report
+
+    result = build_report(loaded, tokenizer, max_seq_len)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return

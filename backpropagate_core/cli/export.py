@@ -29,9 +29,9 @@ def export(
     ollama_host: Optional[str] = typer.Option(None, "--ollama-host", help="Ollama server (default: BACKPROPAGATE_OLLAMA_HOST or http://127.0.0.1:11434)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Export a trained run; GGUF files are checked in llama.cpp against the trained model."""
+    """Export a trained run; GGUF files are checked in llama.cpp against the trained model.
+    A run's export is recorded as a run of its own (kind export, see `backprop list-runs`)."""
     from backpropagate_core.errors import BackpropError
-    from backpropagate_core.export import export_model
 
     if ollama and format != "gguf":
         raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "--ollama needs --format gguf")
@@ -40,14 +40,19 @@ def export(
 
         check_name(ollama_name)  # before minutes of exporting, not after
     with _progress() as sink:
-        result = export_model(source, format=format, quantization=quantization, output_dir=output,
-                              verify=not no_verify, on_progress=sink)
+        export_id, result = _export(source, format, quantization, output, not no_verify, sink)
     if not as_json:
         _print_result(result)
     registration = None
     if ollama:
         name = ollama_name or _default_ollama_name(result)
         registration = _register(result.path, name, ollama_host)
+        if export_id:
+            from dataclasses import asdict
+
+            from backpropagate_core.runs.store import RunStore
+
+            RunStore().merge_summary(export_id, ollama=asdict(registration), ollama_error={})
     if as_json:
         out = result.to_dict()
         if registration:
@@ -71,6 +76,27 @@ def ollama_register(
     registration = _register(gguf, name, host, system)
     console.print(f"[green]registered[/] {registration.name} at {registration.host}: "
                   f"[bold]{registration.run_command}[/]")
+
+
+def _export(source: str, format: str, quantization: str | None, output: Path | None, verify: bool,
+            sink) -> tuple:
+    """(export run id, result): a run id is exported as an export run of that run; a folder
+    is exported as it is, with no run of its own (None)."""
+    from dataclasses import replace
+
+    from backpropagate_core.export import export_model, jobs
+    from backpropagate_core.runs.store import RunStore
+
+    path = Path(source).expanduser()
+    if path.exists() or "/" in source or source.startswith((".", "~")):
+        return None, export_model(source, format=format, quantization=quantization, output_dir=output,
+                                  verify=verify, on_progress=sink)
+    store = RunStore()
+    run = store.get(source)
+    request = replace(jobs.check_request(run, format, quantization), verify=verify)
+    if output:
+        request = replace(request, output_dir=output.expanduser().resolve())
+    return jobs.export_here(store, run, request, on_progress=sink)
 
 
 def _default_ollama_name(result) -> str:

@@ -23,7 +23,7 @@ def estimate_vram(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Estimate training memory (weights, LoRA, optimizer, activations, logits) and the largest batch that fits."""
-    from backpropagate_core.estimate import estimate, largest_batch, shape_of
+    from backpropagate_core.training.estimate import estimate, largest_batch, shape_of
 
     shape = shape_of(model)
     kind = "4bit" if four_bit else dtype

@@ -16,7 +16,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     if error_codes:
         _print_codes(as_json)
         return
-    from backpropagate_core.sysinfo import collect
+    from backpropagate_core.hardware.sysinfo import collect
 
     data = collect()
     if as_json:

@@ -18,7 +18,7 @@ def multi_run(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Preset, local folder, .gguf file or hub id (default: smollm2-135m)."),
     runs: int = typer.Option(5, "--runs", help="Training runs in the campaign."),
     steps: int = typer.Option(100, "--steps", help="Optimizer steps per run."),
-    samples: int = typer.Option(1000, "--samples", help="Examples per chunk, its validation slice included."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Examples per chunk, its validation slice included (default: the dataset shared out evenly between the runs)."),
     merge_mode: str = typer.Option("slao", "--merge-mode", help="slao (merge adapters between runs) or sequential (keep training one adapter)."),
     schedule: str = typer.Option("inv_sqrt", "--schedule", help="SLAO merge step λ(i): inv_sqrt (1/√i), inv (1/i) or constant (--lambda)."),
     lambda_c: Optional[float] = typer.Option(None, "--lambda", help="λ of the constant schedule (default: 0.5)."),
@@ -39,9 +39,9 @@ def multi_run(
 
     The merged adapter after the last run is the result that `export` and `chat` use.
     """
-    from backpropagate_core import multirun
+    from backpropagate_core.training import multirun
     from backpropagate_core.errors import BackpropError
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     options = dict(merge_mode=merge_mode, schedule=schedule, lambda_c=lambda_c,
                    replay_fraction=replay, val_per_chunk=val_per_chunk)
@@ -51,24 +51,22 @@ def multi_run(
     if resume:
         run = multirun.find_resumable(store, None, None, resume)
         if detach:
-            from backpropagate_core.worker import resume_run
+            from backpropagate_core.runs.worker import resume_run
             return _detached(resume_run(run.id))
         result = multirun.execute_campaign(run.id, store, extra_sinks=[_console_sink()], resume=True)
     else:
         if data is None:
             raise BackpropError("CONFIG_INVALID", "--data is required (or --resume RUN to continue a campaign)")
-        if not data.expanduser().exists():
-            raise BackpropError("INPUT_DATASET_NOT_FOUND", f"{data} does not exist")
         if detach:
-            from backpropagate_core.worker import start_multi_run
+            from backpropagate_core.runs.worker import start_multi_run
             return _detached(start_multi_run(model, str(data), num_runs=runs, steps_per_run=steps,
                                              samples_per_run=samples, overrides=overrides, name=name,
                                              fresh=fresh, **options))
-        from backpropagate_core.train import build_config
+        from backpropagate_core.training.request import create_run
 
-        config = build_config(model, str(data.expanduser().resolve()), name, **overrides)
-        result = multirun.run_campaign(config, runs, steps, samples, store=store, sink=_console_sink(),
-                                       fresh=fresh, name=name, **options)
+        run = create_run(store, model, data, name=name, overrides=overrides, fresh=fresh,
+                         campaign=dict(num_runs=runs, steps_per_run=steps, samples_per_run=samples, **options))
+        result = multirun.execute_campaign(run.id, store, extra_sinks=[_console_sink()])
     if as_json:
         print(json.dumps({"run_id": result.run_id, "status": result.status,
                           "forgetting": result.forgetting, "avg_forgetting": result.avg_forgetting,
@@ -97,8 +95,8 @@ def forgetting_table(matrix: list[list[float | None]], avg: float | None):
 
 def _console_sink():
     """The training progress bar, plus one line per run start, merge and measurement."""
-    from backpropagate_core.console import ConsoleSink
-    from backpropagate_core.multirun import CampaignRunStarted, ForgettingMeasured, MergeDone
+    from backpropagate_core.runs.console import ConsoleSink
+    from backpropagate_core.runs.events import CampaignRunStarted, ForgettingMeasured, MergeDone
 
     bar = ConsoleSink(console)
 

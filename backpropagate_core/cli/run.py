@@ -1,6 +1,5 @@
 """`python -m backpropagate_core.cli.run ...` is `backprop ...` (used by the launcher)."""
 
-import sys
 
 from backpropagate_core.cli import main
 

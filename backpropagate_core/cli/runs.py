@@ -31,7 +31,7 @@ def list_runs(
     """List runs, newest first."""
     from rich.table import Table
 
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore()
     store.reap_dead()
@@ -39,10 +39,11 @@ def list_runs(
     if as_json:
         print(json.dumps([r.to_dict() for r in runs], default=str))
         return
-    table = Table("id", "name", "status", "model", "dataset", "started", "duration", "step", "loss")
+    table = Table("id", "name", "kind", "status", "model", "dataset", "started", "duration", "step", "loss")
     for r in runs:
         loss = r.final_loss if r.final_loss is not None else r.last_loss
-        table.add_row(r.id[:8], r.name or "-", r.status, r.model or "-",
+        kind = f"{r.kind} of {r.parent[:8]}" if r.parent else r.kind
+        table.add_row(r.id[:8], r.name or "-", kind, r.status, r.model or "-",
                       (r.dataset or "-").rsplit("/", 1)[-1], _fmt_time(r.started_at or r.created_at),
                       _fmt_duration(r.duration_s), f"{r.step}/{r.total_steps}",
                       f"{loss:.4f}" if loss is not None else "-")
@@ -54,7 +55,7 @@ def show_run(run_id: str = typer.Argument(..., help="Run id or a unique prefix."
              as_json: bool = typer.Option(False, "--json", help="Print JSON."),
              events: int = typer.Option(10, help="How many of the latest events to show.")) -> None:
     """Show a run's status, settings, artifacts and latest events."""
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore()
     store.reap_dead()
@@ -65,6 +66,8 @@ def show_run(run_id: str = typer.Argument(..., help="Run id or a unique prefix."
         return
     console.print(f"[bold]{run.id}[/] {run.name or ''}  status [bold]{run.status}[/]")
     console.print(f"model {run.model}  data {run.dataset}")
+    if run.parent:
+        console.print(f"{run.kind} of run {run.parent}")
     console.print(f"step {run.step}/{run.total_steps}  last loss {run.last_loss}  final loss {run.final_loss}"
                   f"  duration {_fmt_duration(run.duration_s)}")
     if run.error_code:
@@ -82,7 +85,7 @@ def show_run(run_id: str = typer.Argument(..., help="Run id or a unique prefix."
 def delete_run(run_id: str = typer.Argument(..., help="Run id or a unique prefix."),
                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
     """Delete a finished run and its folder."""
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore()
     run = store.get(run_id)

@@ -39,23 +39,19 @@ def train(
                      precision=precision, load_in_4bit=load_in_4bit or None,
                      skip_bad_lines=skip_bad_lines or None, seed=seed, backend=backend)
     if detach:
-        from backpropagate_core.worker import start_run
+        from backpropagate_core.runs.worker import start_run
 
         run_id = start_run(model, str(data), name=name, overrides=overrides)
         console.print(f"run_started run_id={run_id}")
         console.print(f"follow it with: backprop show-run {run_id[:8]}")
         return
-    from backpropagate_core.console import ConsoleSink
-    from backpropagate_core.errors import BackpropError
-    from backpropagate_core.runs import RunStore
-    from backpropagate_core.train import build_config, execute_run
+    from backpropagate_core.runs.console import ConsoleSink
+    from backpropagate_core.runs.store import RunStore
+    from backpropagate_core.training.pipeline import execute_run
+    from backpropagate_core.training.request import create_run
 
-    if not data.expanduser().exists():
-        raise BackpropError("INPUT_DATASET_NOT_FOUND", f"{data} does not exist")
-    config = build_config(model, str(data.expanduser().resolve()), name, **overrides)
     store = RunStore()
-    run = store.create_run(config=config.model_dump(mode="json"), model=config.model,
-                           dataset=config.data, name=name)
+    run = create_run(store, model, data, name=name, overrides=overrides)
     console.print(f"run_started run_id={run.id}")
     if (num_processes or 1) > 1 or config_file is not None:
         _launch(run.id, store, num_processes, config_file)
@@ -67,8 +63,8 @@ def _launch(run_id: str, store, num_processes: int | None, config_file: Path | N
     """Train the recorded run on several processes; rank 0 records it as usual."""
     import subprocess
 
-    from backpropagate_core import events as ev
-    from backpropagate_core.distributed import launch_command
+    from backpropagate_core.runs import events as ev
+    from backpropagate_core.training.distributed import launch_command
 
     proc = subprocess.run(launch_command(run_id, num_processes, config_file))
     run = store.get(run_id)
@@ -84,35 +80,30 @@ def resume(run_id: str = typer.Argument(..., help="Run id or a unique prefix."),
            detach: bool = typer.Option(False, "--detach", help="Resume in a background worker.")) -> None:
     """Continue a stopped, interrupted or failed run from its latest checkpoint."""
     from backpropagate_core.errors import BackpropError
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore()
     store.reap_dead()
     run = store.get(run_id)
     if detach:
-        from backpropagate_core.worker import resume_run
+        from backpropagate_core.runs.worker import resume_run
 
         resume_run(run.id)
         console.print(f"resuming run_id={run.id}")
         return
     if run.active:
         raise BackpropError("STATE_RUN_ACTIVE", f"run {run.id[:8]} is {run.status}")
-    from backpropagate_core.console import ConsoleSink
-    from backpropagate_core.train import execute_run
+    from backpropagate_core.runs.console import ConsoleSink
+    from backpropagate_core.training.multirun import execute
 
     console.print(f"resuming run_id={run.id}")
-    if run.kind == "multi_run":
-        from backpropagate_core.multirun import execute_campaign
-
-        execute_campaign(run.id, store, extra_sinks=[ConsoleSink(console)], resume=True)
-        return
-    execute_run(run.id, store, extra_sinks=[ConsoleSink(console)], resume=True)
+    execute(run.id, store, extra_sinks=[ConsoleSink(console)], resume=True)
 
 
 @app.command()
 def cancel(run_id: str = typer.Argument(..., help="Run id or a unique prefix.")) -> None:
     """Ask a running run to save a checkpoint and stop."""
-    from backpropagate_core.worker import cancel_run
+    from backpropagate_core.runs.worker import cancel_run
 
     cancel_run(run_id)
     console.print(f"stop requested for {run_id}")
@@ -128,7 +119,8 @@ def plan(
     """Show the settings a run would use, with the reason for each default; trains nothing."""
     from rich.table import Table
 
-    from backpropagate_core.train import build_config, plan_run
+    from backpropagate_core.training.pipeline import plan_run
+    from backpropagate_core.training.run_config import build_config
 
     config = build_config(model, str(data.expanduser().resolve()), None, **json.loads(overrides or "{}"))
     result = plan_run(config)
@@ -146,13 +138,13 @@ def presets(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     """List the built-in model presets and the memory they need."""
     from rich.table import Table
 
-    from backpropagate_core.presets import PRESETS
+    from backpropagate_core.model.presets import PRESETS
 
     if as_json:
         print(json.dumps([p.to_dict() for p in PRESETS]))
         return
     table = Table("name", "hub id", "params", "VRAM LoRA", "VRAM 4-bit", "notes")
     for p in PRESETS:
-        table.add_row(p.name, p.hub_id, f"{p.params_b:g}B", f"{p.vram_gb:g} GB",
+        table.add_row(p.name, p.hub_id, f"{p.params_b:.3g}B", f"{p.vram_gb:g} GB",
                       f"{p.vram_gb_4bit:g} GB", p.description)
     console.print(table)

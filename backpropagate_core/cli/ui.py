@@ -3,7 +3,9 @@
 The app lives in the repository next to this package (`rxconfig.py`, `backpropagate_app/`).
 Reflex needs a JavaScript runtime: `make install` puts bun under `.tools/`, and this
 command points Reflex at it, so it works the same from `make run` or a plain shell.
-Training runs in worker processes of their own; stopping the UI never stops them.
+Training runs in worker processes of their own; stopping the UI never stops them. The
+engine helper that answers plans, dataset reports and chat (`runs.service`) is started by
+the server on the first such question and ends with it: it exits when its stdin closes.
 """
 
 from __future__ import annotations
@@ -43,13 +45,30 @@ def ui_env(base: dict[str, str], tools: Path = TOOLS) -> dict[str, str]:
         "REFLEX_DIR": str(tools / "reflex"),
         "REFLEX_CHECK_LATEST_VERSION": "0",
         "REFLEX_TELEMETRY_ENABLED": "false",
-        "NPM_CONFIG_REGISTRY": "https://registry.npmjs.org/",
         "BUN_INSTALL_CACHE_DIR": str(tools / "bun-cache"),
         "BUN_RUNTIME_TRANSPILER_CACHE_PATH": str(tools / "bun-transpiler-cache"),
     }
     for key, value in defaults.items():
         env.setdefault(key, value)
+    if "NPM_CONFIG_REGISTRY" not in env:
+        env["NPM_CONFIG_REGISTRY"] = npm_registry(env)
     return env
+
+
+def npm_registry(env: dict[str, str]) -> str:
+    """The registry the user's own npm configuration names (a company mirror, say).
+    Reflex would otherwise time a hard-coded pair of public registries on first start
+    and use the faster, whatever npm is configured with."""
+    npm = shutil.which("npm", path=env.get("PATH"))
+    if npm:
+        try:
+            out = subprocess.run([npm, "config", "get", "registry"], capture_output=True, text=True,
+                                 timeout=20, env=env).stdout.strip()
+            if out.startswith(("http://", "https://")):
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass  # no usable npm: npm's own default below
+    return "https://registry.npmjs.org/"
 
 
 def reflex_command(host: str, port: int) -> list[str]:
@@ -196,7 +215,8 @@ def check_sharing(share: bool, login, host: str, require_auth: bool) -> None:
 
 def serve_secured(host: str, port: int, settings, login, share: bool) -> int:
     """Open the tunnel (when sharing), hand the server its gate file, serve, clean up."""
-    from backpropagate_core import credentials, tunnel
+    from backpropagate_core.serve import credentials
+    from backpropagate_core.serve import tunnel
 
     env = ui_env(dict(os.environ))
     env.pop(credentials.PASSWORD_ENV, None)  # the server gets a hash, never the password
@@ -235,7 +255,8 @@ def ui(host: str = typer.Option(None, help="Address to bind (default: BACKPROPAG
                                       help="File whose first line is USER:PASSWORD (keeps it out of shell history); "
                                            "or set BACKPROPAGATE_UI_PASSWORD.")) -> None:
     """Open the web app: upload data, train with live charts, browse runs."""
-    from backpropagate_core import credentials, sandbox
+    from backpropagate_core.serve import credentials
+    from backpropagate_core.serve import sandbox
     from backpropagate_core.config import load_settings
 
     settings = load_settings()

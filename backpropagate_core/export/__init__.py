@@ -7,11 +7,12 @@
 
 Modules: `merged` (sources, merging), `gguf_vocab` + `gguf_writer` (our HF → GGUF writer),
 `quantize` (llama.cpp's quantizer), `verify`, `exporter` (the pipeline), `ollama`,
-`hub`, `chat`, `jobs` (an export in a worker process, as the UI starts it). Everything
+`hub`, `chat`, `jobs` (an export as a run of its own, kind "export"). Everything
 heavy is imported inside functions.
 """
 
-from backpropagate_core.export.exporter import (FORMATS, MERGED_DTYPES, ExportProgress, ExportResult,
+from backpropagate_core.runs.events import ExportProgress
+from backpropagate_core.export.exporter import (FORMATS, MERGED_DTYPES, ExportResult,
                                                 export_model)
 from backpropagate_core.export.gguf_writer import SUPPORTED_ARCHITECTURES
 from backpropagate_core.export.hub import PushResult, push_to_hub

@@ -7,10 +7,12 @@ that was trained. Greedy decoding makes the comparison deterministic.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from backpropagate_core import platform_support
+from backpropagate_core.eval.answers import hf_greedy, prompt_ids, render_prompt, stop_ids  # noqa: F401
 
 
 @dataclass
@@ -38,60 +40,6 @@ def check_messages(messages: Any) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
-    """`messages` plus the assistant prompt, as text, with the run's chat template."""
-    from backpropagate_core.chat_templates import ensure_chat_template
-
-    ensure_chat_template(tokenizer)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
-    """Token ids of the rendered prompt; the template writes any BOS itself, as in training."""
-    return list(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
-
-
-def stop_ids(tokenizer: Any) -> set[int]:
-    """Tokens that end an answer: EOS and the chat template's end-of-turn marker."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(marker) if marker in tokenizer.get_vocab() else None
-        if tid is not None:
-            ids.add(tid)
-    return ids
-
-
-def hf_greedy(model: Any, ids: Sequence[int], max_new_tokens: int,
-              stop: set[int] = frozenset()) -> list[int]:
-    """Greedy continuation with transformers, reusing the KV cache."""
-    import torch
-
-    out_ids: list[int] = []
-    with torch.no_grad():
-        out = model(torch.tensor([list(ids)]), use_cache=True)
-        for _ in range(max_new_tokens):
-            tok = int(out.logits[0, -1].argmax())
-            out_ids.append(tok)
-            if tok in stop:
-                break
-            out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
-    return out_ids
-
-
-def cpu_threads() -> int:
-    """Threads for llama.cpp: the cores not already busy.
-
-    llama.cpp's worker threads spin while they wait for each other, so on a busy machine
-    one thread too many makes evaluation 10-40x slower (measured here), not just a bit.
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cpus, int(cpus - busy + 0.5)))
-
-
 def open_gguf(path: Path, n_ctx: int = 512, logits_all: bool = True):
     """A llama.cpp model on the CPU, quiet."""
     import logging
@@ -100,7 +48,7 @@ def open_gguf(path: Path, n_ctx: int = 512, logits_all: bool = True):
 
     llama_cpp = require_llama_cpp("Loading a GGUF file")
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-    threads = cpu_threads()
+    threads = platform_support.free_cpu_threads()
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all,
                            n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from backpropagate_core import events as ev
+from backpropagate_core.runs import events as ev
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.export import merged as src_mod
 from backpropagate_core.export import verify as verify_mod
@@ -28,16 +28,6 @@ MERGED_DTYPES = ("f32", "f16", "bf16")
 MANIFEST = "export.json"
 
 
-@dataclass
-class ExportProgress(ev.Event):
-    stage: str
-    """load, reference, merge, write, quantize, verify, done."""
-    done: int = 0
-    total: int = 0
-    message: str = ""
-
-
-ev.register_event("export_progress", ExportProgress)
 
 
 @dataclass
@@ -130,7 +120,7 @@ def _check_gguf_supported(src: src_mod.Source) -> None:
     """Refuse an unconvertible architecture before loading any weights."""
     from transformers import AutoConfig
 
-    from backpropagate_core import model as model_mod
+    from backpropagate_core.model import loader as model_mod
     from backpropagate_core.export.gguf_writer import gguf_arch
 
     where = src.path if src.kind == "merged" else model_mod.materialize(model_mod.resolve_model(src.base))
@@ -151,7 +141,7 @@ class _Stages:
             self.close()
             self._stage = stage
         if self.sink is not None:
-            self.sink(ExportProgress(self.run_id, stage=stage, done=done, total=total, message=message))
+            self.sink(ev.ExportProgress(self.run_id, stage=stage, done=done, total=total, message=message))
 
     def close(self) -> dict[str, float]:
         now = time.time()
@@ -269,7 +259,7 @@ def _record(src, result: ExportResult) -> None:
     """Put the export on its run: summary["exports"][key] and an artifact row."""
     if not src.run_id:
         return
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore()
     # A checkpoint's exports sit in exports/<checkpoint>/, keyed apart from the final adapter's.

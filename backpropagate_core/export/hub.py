@@ -78,7 +78,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 def _folder_to_push(source: str | Path, export: str | None):
     from backpropagate_core.export.merged import resolve_source
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     path = Path(str(source)).expanduser()
     if path.is_dir() and (path / "export.json").is_file():
@@ -101,7 +101,7 @@ def _folder_to_push(source: str | Path, export: str | None):
 
 
 def _run_owning(folder: Path):
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore()
     runs_dir = store.runs_dir.resolve()
@@ -218,7 +218,7 @@ def _usage(fmt: str, repo_id: str, manifest: dict) -> list[str]:
 
 
 def _hub_id(base: str | None) -> str | None:
-    from backpropagate_core import presets
+    from backpropagate_core.model import presets
 
     if not base:
         return None

@@ -1,71 +1,33 @@
-"""An export run in a process of its own: what it records on its run, and its body.
+"""An export as a run of its own: the request it is made from, and the worker's body.
 
-`worker.start_export` checks the request (`check_request`), starts `python -m
-backpropagate_core.worker --export ...` and records `ExportStarted` with the worker's
-pid. The worker calls `run_job`: the exporter's `ExportProgress` events, then
-`ExportDone` (the result and any Ollama registration) or `ExportFailed` (code, message,
-hint). All of them go into the run store under the run that was exported, so every
-reader (the UI, a second tab, a restarted server) follows the same job. None of them
-changes the run's status: a failed export does not make the run failed.
+`worker.start_export` checks the request (`check_request`) before anything is written,
+creates the export run (`create_export`: kind "export", parent = the training run, config
+= the request) and starts `python -m backpropagate_core.runs.worker --export EXPORT_RUN_ID`.
+The worker calls `run_job`, which records RunStarted, the exporter's ExportProgress
+events, then Finished (artifact: the exported file or folder) or Failed on the export
+run, through the store sink: status, liveness, errors and progress are read like any
+run's. The result (verification figures) and any Ollama registration go into the export
+run's summary. `backprop export RUN` does the same in its own process (`export_here`).
+The training run's status never changes; the exporter only adds the new file to its
+list of exports (summary "exports", an artifact).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from backpropagate_core import events as ev
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.export.exporter import ExportProgress
 from backpropagate_core.export.merged import ADAPTER_CONFIG
+from backpropagate_core.runs import events as ev
+from backpropagate_core.runs.layout import RunDir
 
-EVENT_TYPES = ("export_started", "export_progress", "export_done", "export_failed")
-CHECKPOINTS_DIR = "checkpoints"
-EXPORTS_DIR = "exports"
+KIND = "export"
+"""The kind of an export's run in the store."""
 _CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 _log = logging.getLogger("backpropagate.export")
-
-
-@dataclass
-class ExportStarted(ev.Event):
-    job: str
-    """Shared by this job's started, done and failed events."""
-    format: str
-    quantization: str | None = None
-    source: str = ""
-    """"final adapter" or the checkpoint's name."""
-    ollama_name: str | None = None
-    pid: int | None = None
-    pid_started: float | None = None
-    """The worker's start time, so a reused pid is not taken for it."""
-    log: str = ""
-    """The worker's output file: the traceback of a crash is there."""
-
-
-@dataclass
-class ExportDone(ev.Event):
-    job: str
-    result: dict
-    """ExportResult.to_dict(): path, size, verification figures, ..."""
-    ollama: dict = field(default_factory=dict)
-    """The Ollama registration (name, host, run_command) when one was asked for."""
-    ollama_error: dict = field(default_factory=dict)
-    """{code, message, hint} when registering failed; the export itself is good."""
-
-
-@dataclass
-class ExportFailed(ev.Event):
-    job: str
-    code: str
-    message: str
-    hint: str = ""
-
-
-ev.register_event("export_started", ExportStarted)
-ev.register_event("export_done", ExportDone)
-ev.register_event("export_failed", ExportFailed)
 
 
 @dataclass
@@ -78,11 +40,33 @@ class Request:
     quantization: str | None
     source_label: str
     ollama_name: str | None = None
+    ollama_host: str | None = None
+    """None: the configured Ollama server."""
+    verify: bool = True
+    """Compare the export with the trained model before keeping it."""
+
+    def to_config(self) -> dict:
+        """The export run's config: everything its worker needs."""
+        return {"format": self.format, "quantization": self.quantization, "source": str(self.source),
+                "source_label": self.source_label, "output_dir": str(self.output_dir),
+                "ollama_name": self.ollama_name, "ollama_host": self.ollama_host, "verify": self.verify}
+
+    @classmethod
+    def of(cls, export_run) -> "Request":
+        """The request an export run was created from."""
+        c = export_run.config
+        return cls(export_run.parent, Path(c["source"]), Path(c["output_dir"]), c["format"],
+                   c.get("quantization"), c.get("source_label") or "", c.get("ollama_name"),
+                   c.get("ollama_host"), c.get("verify", True))
+
+    @property
+    def title(self) -> str:
+        return " ".join(filter(None, (self.format, self.quantization, "of", self.source_label)))
 
 
 def checkpoints(run_dir: Path) -> list[str]:
     """Names of a run's complete checkpoints that hold an adapter, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
+    root = RunDir(Path(run_dir)).checkpoints
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _CHECKPOINT.match(p.name) and (p / ADAPTER_CONFIG).is_file()]
@@ -91,11 +75,11 @@ def checkpoints(run_dir: Path) -> list[str]:
 
 def final_adapter(run) -> Path:
     """Where a run's final adapter is (it may not exist: a cancelled run has none)."""
-    return Path(run.artifacts.get("adapter") or run.run_dir / "adapter")
+    return Path(run.artifacts.get("adapter") or RunDir(run.run_dir).adapter)
 
 
 def check_request(run, format: str, quantization: str | None = None, checkpoint: str | None = None,
-                  ollama_name: str | None = None) -> Request:
+                  ollama_name: str | None = None, ollama_host: str | None = None) -> Request:
     """Everything that can be checked before a process starts: options, the adapter
     folder, the Ollama name. A checkpoint's exports go to `exports/<checkpoint>/`, so they
     never replace the final adapter's."""
@@ -103,6 +87,9 @@ def check_request(run, format: str, quantization: str | None = None, checkpoint:
     from backpropagate_core.export.ollama import check_name
 
     fmt, quant = check_options(format, quantization)
+    if run.kind == KIND:
+        raise BackpropError("INPUT_EXPORT_SOURCE_INVALID", f"run {run.id[:8]} is an export, not a training run",
+                            hint=f"Export its training run {str(run.parent)[:8]} instead.")
     if ollama_name:
         if fmt != "gguf":
             raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "Ollama registration needs the gguf format")
@@ -111,78 +98,95 @@ def check_request(run, format: str, quantization: str | None = None, checkpoint:
         if not _CHECKPOINT.match(checkpoint):
             raise BackpropError("INPUT_EXPORT_SOURCE_INVALID", f"{checkpoint!r} is not a checkpoint name",
                                 hint="Pick one of the run's checkpoints, e.g. checkpoint-20.")
-        source, output, label = (run.run_dir / CHECKPOINTS_DIR / checkpoint,
-                                 run.run_dir / EXPORTS_DIR / checkpoint, checkpoint)
+        folder = RunDir(run.run_dir)
+        source, output, label = folder.checkpoint(checkpoint), folder.exports / checkpoint, checkpoint
     else:
-        source, output, label = final_adapter(run), run.run_dir / EXPORTS_DIR, "final adapter"
+        source, output, label = final_adapter(run), RunDir(run.run_dir).exports, "final adapter"
     if not (source / ADAPTER_CONFIG).is_file():
         raise BackpropError("INPUT_EXPORT_SOURCE_INVALID",
                             f"run {run.id[:8]} ({run.status}) has no {label} at {source}",
                             hint="Export a finished run, or one of its checkpoints.")
-    return Request(run.id, source, output, fmt, quant, label, ollama_name or None)
+    return Request(run.id, source, output, fmt, quant, label, ollama_name or None, ollama_host or None)
 
 
-def record_started(store, request: Request, job: str, pid: int, log: Path) -> int:
-    import psutil
+def active_export(store, run_id: str):
+    """The run's export that is queued or running, if any; dead workers' exports are
+    marked interrupted first, so a killed export does not block the next one."""
+    store.reap_dead()
+    return next((child for child in store.list(kind=KIND, parent=run_id) if child.active), None)
 
+
+def create_export(store, run, request: Request):
+    """The queued export run of `run` for a checked request; one export per run at a time."""
+    busy = active_export(store, run.id)
+    if busy:
+        raise BackpropError("STATE_RUN_ACTIVE", f"run {run.id[:8]} is already being exported "
+                                                f"({Request.of(busy).title}, export run {busy.id[:8]})",
+                            hint="Wait for that export to finish; the Export page shows its progress.")
+    return store.create_run(config=request.to_config(), model=run.model, dataset=run.dataset,
+                            name=f"{run.name or run.id[:8]} · {request.title}", kind=KIND, parent=run.id)
+
+
+def run_job(store, export_id: str) -> int:
+    """The export worker's body: `run_export`, with every failure recorded on the export
+    run as a coded error; returns the process exit code."""
     try:
-        started = psutil.Process(pid).create_time()
-    except psutil.Error:
-        started = None
-    return store.record(ExportStarted(request.run_id, job=job, format=request.format,
-                                      quantization=request.quantization, source=request.source_label,
-                                      ollama_name=request.ollama_name, pid=pid, pid_started=started,
-                                      log=str(log)))
-
-
-def worker_alive(started: dict) -> bool:
-    """Whether the process an `export_started` event names is still running."""
-    import psutil
-
-    from backpropagate_core.runs import _process_alive
-
-    return started.get("pid") is not None and _process_alive(psutil, started["pid"], started.get("pid_started"))
-
-
-def running_job(store, run_id: str) -> dict | None:
-    """The run's export in progress (its export_started event), if any: not ended, worker alive."""
-    started: dict[str, dict] = {}
-    ended: set[str] = set()
-    for _row, event in store.events(run_id, types=("export_started", "export_done", "export_failed")):
-        if event["type"] == "export_started":
-            started[event["job"]] = event
-        else:
-            ended.add(event.get("job", ""))
-    for job, event in reversed(started.items()):
-        if job not in ended and worker_alive(event):
-            return event
-    return None
-
-
-def run_job(store, run_id: str, job: str, source: Path, output_dir: Path, format: str,
-            quantization: str | None, ollama_name: str | None = None,
-            ollama_host: str | None = None) -> int:
-    """The export worker's body: export, optionally register with Ollama, record the
-    outcome on the run; returns the process exit code."""
-    from backpropagate_core.export import export_model
-
-    sink = store.sink()
-    try:
-        result = export_model(source, format=format, quantization=quantization, output_dir=output_dir,
-                              on_progress=sink)
+        run_export(store, export_id)
+        return 0
     except BackpropError as err:
-        sink(ExportFailed(run_id, job=job, code=err.code, message=err.message, hint=err.hint))
-        return err.exit_code
+        return err.exit_code  # run_export recorded it
     except Exception as err:  # noqa: BLE001 - the export worker's outer edge: record a coded failure
         _log.error("export failed", exc_info=err)
         coded = BackpropError("RUNTIME_UNEXPECTED", f"{type(err).__name__}: {err}")
-        sink(ExportFailed(run_id, job=job, code=coded.code, message=coded.message, hint=coded.hint))
+        store.record(ev.Failed(export_id, code=coded.code, message=coded.message, hint=coded.hint))
         return coded.exit_code
-    done = ExportDone(run_id, job=job, result=result.to_dict())
-    if ollama_name:
-        done.ollama, done.ollama_error = _register(sink, run_id, result.path, ollama_name, ollama_host)
-    sink(done)
-    return 0
+
+
+def run_export(store, export_id: str, on_progress=None):
+    """Export in this process as the export run's config asks, then register with Ollama
+    if it names a model, recording it all on the export run: RunStarted, ExportProgress,
+    then Finished (the result and registration in its summary) or Failed. Returns
+    (ExportResult, summary); a coded error is recorded, then raised. `on_progress` also
+    gets each progress event (the CLI's progress bar)."""
+    from backpropagate_core.export import export_model
+
+    export = store.get(export_id)
+    request = Request.of(export)
+    sink = store.sink()
+
+    def progress(event: ev.Event) -> None:
+        # The exporter names the training run in its events; here they belong to the export.
+        event = replace(event, run_id=export.id)
+        sink(event)
+        if on_progress is not None:
+            on_progress(event)
+
+    sink(ev.RunStarted(export.id, config=export.config))
+    try:
+        result = export_model(request.source, format=request.format, quantization=request.quantization,
+                              output_dir=request.output_dir, verify=request.verify, on_progress=progress)
+    except BackpropError as err:
+        sink(ev.Failed(export.id, code=err.code, message=err.message, hint=err.hint))
+        raise
+    summary: dict = {"result": result.to_dict()}
+    if request.ollama_name:
+        summary["ollama"], summary["ollama_error"] = _register(progress, export.id, result.path,
+                                                               request.ollama_name, request.ollama_host)
+    # The summary first, so whoever sees the run completed also sees its result.
+    store.merge_summary(export.id, **summary)
+    sink(ev.Finished(export.id, final_loss=None, steps=0, artifacts={"export": str(result.path)},
+                     wall_s=result.seconds))
+    return result, summary
+
+
+def export_here(store, run, request: Request, on_progress=None):
+    """`backprop export RUN`: create the export run, claim it for this process and export
+    here (a killed CLI shows as interrupted, like a killed worker); returns (export run
+    id, ExportResult)."""
+    export = create_export(store, run, request)
+    store.claim(export.id)
+    result, _summary = run_export(store, export.id, on_progress)
+    return export.id, result
 
 
 def _register(sink, run_id: str, path: Path, name: str, host: str | None) -> tuple[dict, dict]:
@@ -192,7 +196,7 @@ def _register(sink, run_id: str, path: Path, name: str, host: str | None) -> tup
     from backpropagate_core.export import register_with_ollama
 
     def status(text: str) -> None:
-        sink(ExportProgress(run_id, stage="ollama", message=text))
+        sink(ev.ExportProgress(run_id, stage="ollama", message=text))
 
     status(f"registering {name}")
     try:

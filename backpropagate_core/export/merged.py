@@ -44,7 +44,7 @@ class Source:
 
 def resolve_source(source: str | Path) -> Source:
     """Find out what `source` names: a run, an adapter folder or a model folder."""
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     text = str(source).strip()
     path = Path(text).expanduser()
@@ -96,7 +96,7 @@ def _owning_run(path: Path, store) -> tuple[str | None, Path | None]:
 
 
 def base_of_adapter(adapter_dir: Path, fallback: str | None = None) -> str:
-    from backpropagate_core.model import base_model_of
+    from backpropagate_core.model.loader import base_model_of
 
     try:
         return base_model_of(adapter_dir)
@@ -116,8 +116,8 @@ def load_tokenizer(src: Source):
     """The tokenizer the run trained with: the adapter's own copy, else the base's."""
     from transformers import AutoTokenizer
 
-    from backpropagate_core import model as model_mod
-    from backpropagate_core.chat_templates import ensure_chat_template
+    from backpropagate_core.model import loader as model_mod
+    from backpropagate_core.data.templates import ensure_chat_template
 
     if src.kind == "merged" or any((src.path / f).is_file() for f in _TOKENIZER_FILES):
         tokenizer = AutoTokenizer.from_pretrained(src.path)
@@ -135,7 +135,7 @@ def load_trained(src: Source, merge: bool = True):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from backpropagate_core import model as model_mod
+    from backpropagate_core.model import loader as model_mod
 
     if src.kind == "merged":
         return AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32).eval()
@@ -184,7 +184,7 @@ def natural_dtype(src: Source) -> str:
     """The dtype the model was published in (f32 when it does not say)."""
     from transformers import AutoConfig
 
-    from backpropagate_core import model as model_mod
+    from backpropagate_core.model import loader as model_mod
 
     where = src.path if src.kind == "merged" else model_mod.materialize(model_mod.resolve_model(src.base))
     config = AutoConfig.from_pretrained(where)

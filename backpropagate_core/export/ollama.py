@@ -55,7 +55,7 @@ class Registration:
 
 def template_from_tokenizer(tokenizer: Any) -> OllamaTemplate:
     """Derive the Ollama template from an HF tokenizer's chat template."""
-    from backpropagate_core.chat_templates import ensure_chat_template
+    from backpropagate_core.data.templates import ensure_chat_template
 
     ensure_chat_template(tokenizer)
 

@@ -62,13 +62,13 @@ def quantize_gguf(src: Path, dst: Path, quantization: str, threads: int | None =
     """
     import ctypes
 
-    from backpropagate_core.export.chat import cpu_threads
+    from backpropagate_core.platform_support import free_cpu_threads
 
     key = check_quantization(quantization)
     llama_cpp = require_llama_cpp(f"GGUF {key} quantization")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTIZATIONS[key][0]
-    params.nthread = threads or cpu_threads()
+    params.nthread = threads or free_cpu_threads()
     with _captured_stderr() as captured:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
                                            ctypes.byref(params))

@@ -86,7 +86,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def stop_workers(home: Path) -> None:
     """Training workers run in sessions of their own; stop any a test left running."""
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
 
     store = RunStore(home)
     for run in store.list():

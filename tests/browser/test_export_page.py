@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 from tests.browser.conftest import screenshot
 from tests.export_fixtures import make_run, tiny_base
 from tests.ollama_contract_server import OllamaContractServer
@@ -83,9 +83,9 @@ def test_export_q4_k_m_verified_with_ollama_command_then_chat(page, server, fini
         page.evaluate("window.scrollTo(0, 0)")  # else the sticky header lands mid-screenshot
         screenshot(page, "export")
 
-    done = [e for _, e in RunStore(server.home).events(run.id, types=("export_done",))][-1]
-    assert done["result"]["verification"]["passed"]
-    assert "Q4_K" in _tensor_types(done["result"]["path"])
+    export = RunStore(server.home).list(kind="export", parent=run.id)[0]  # the export is a run of its own
+    assert export.status == "completed" and export.summary["result"]["verification"]["passed"]
+    assert "Q4_K" in _tensor_types(export.summary["result"]["path"])
 
     # Chat: the fine-tuned model and the GGUF just exported answer the same prompt.
     expect(page.get_by_test_id("chat-gguf")).to_contain_text("gguf-q4_k_m")

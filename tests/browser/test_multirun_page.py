@@ -10,7 +10,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from backpropagate_core.runs import RunStore
+from backpropagate_core.runs.store import RunStore
 from tests.browser.conftest import screenshot
 
 pytestmark = pytest.mark.browser

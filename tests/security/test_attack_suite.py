@@ -397,7 +397,7 @@ def test_dataset_path_traversal_over_the_websocket(secured):
                    f"train on {path!r}")
     finally:
         ws.close()
-    from backpropagate_core.runs import RunStore
+    from backpropagate_core.runs.store import RunStore
     started = [r.dataset for r in RunStore(secured.home).list()]
     assert not any("outside" in (d or "") or "passwd" in (d or "") for d in started)
     assert_none_succeeded("path traversal in dataset paths")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backpropagate_core import model as model_mod
+from backpropagate_core.model import loader as model_mod
 from backpropagate_core.config import TrainingSettings
 from backpropagate_core.errors import BackpropError
 

@@ -1,0 +1,68 @@
+"""The Export page's chat panel: one question answered greedily by the trained model and
+by its GGUF in llama.cpp, in the engine helper process (which keeps the model loaded for
+the next question), and the card showing both."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from backpropagate_app import components as ui
+from backpropagate_app import engine
+from backpropagate_app import export_view as view
+from backpropagate_app.export_cards import labelled, picker
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.runs.layout import RunDir
+
+MAX_PROMPT = 4000
+CHAT_TOKENS = 128
+
+
+def answer(run_id: str, source: str, gguf_key: str, prompt: str) -> tuple[list[dict], str]:
+    """Answer cards and verdict for one prompt, from the run's adapter (or checkpoint) and
+    GGUF; blocking (the State calls it through asyncio.to_thread)."""
+    if not prompt.strip():
+        raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "type a question first")
+    if len(prompt) > MAX_PROMPT:
+        raise BackpropError("INPUT_EXPORT_OPTION_INVALID", f"the question is {len(prompt)} characters; "
+                                                           f"the limit is {MAX_PROMPT}")
+    run = engine.store().get(run_id)
+    target = run.id
+    if source != view.FINAL:
+        if source not in {o["value"] for o in view.source_options(run)}:
+            raise BackpropError("INPUT_EXPORT_SOURCE_INVALID", f"{source!r} is not a checkpoint of this run")
+        target = str(RunDir(run.run_dir).checkpoint(source))
+    gguf = view.gguf_path(run.summary, gguf_key)  # a key of the run's exports, never a browser path
+    out = engine.chat_once(target, prompt, gguf, CHAT_TOKENS)
+    return view.chat_view(out.model_dump(), gguf_key if gguf else "")
+
+
+def chat_card(S) -> rx.Component:
+    answer = lambda a: rx.card(  # noqa: E731
+        rx.vstack(rx.hstack(rx.text(a["label"], size="2", weight="bold"), rx.spacer(),
+                            rx.text(a["meta"], size="1", color_scheme="gray"), width="100%"),
+                  rx.text(a["text"], size="2", white_space="pre-wrap", style={"word_break": "break-word"}),
+                  spacing="2", width="100%"),
+        width="100%", data_testid=f"answer-{a['engine']}")
+    return ui.card(
+        rx.text("Ask the fine-tuned model and its GGUF the same question: both answer greedily from the "
+                "same prompt tokens, so a good export answers like the model that was trained. Each "
+                "question loads the models afresh, which takes a few seconds.", size="2"),
+        rx.grid(
+            labelled("Compare with", picker(S.chat_ggufs, S.chat_gguf, S.set_chat_gguf, "chat-gguf",
+                                             disabled=S.exporting)),
+            columns=rx.breakpoints(initial="1", md="2"), width="100%",
+        ),
+        rx.text_area(value=S.prompt, on_change=S.set_prompt, placeholder="Ask something from your training data…",
+                     max_length=MAX_PROMPT, rows="3", width="100%", data_testid="chat-prompt"),
+        rx.button(rx.icon("message-circle"), "Ask", on_click=S.ask, loading=S.chatting,
+                  disabled=S.run_id == "", data_testid="chat-ask"),
+        ui.error_callout(S.chat_error, test_id="chat-error"),
+        rx.cond(S.answers.length() > 0, rx.vstack(
+            rx.grid(rx.foreach(S.answers, answer), columns=rx.breakpoints(initial="1", md="2"), spacing="3",
+                    width="100%"),
+            rx.cond(S.verdict != "", rx.badge(S.verdict, color_scheme=rx.cond(S.verdict == "identical answers",
+                                                                               "green", "orange"),
+                                              data_testid="chat-verdict")),
+            spacing="2", width="100%")),
+        title="Chat with the result",
+    )

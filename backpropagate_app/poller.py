@@ -1,0 +1,104 @@
+"""Following a run from the store for a page: one poller for the Train, run detail and
+Multi-Run pages.
+
+The run store is the truth. A page's background task polls `RunStore.events` every
+POLL_S seconds, folds new events into a tail (`RunTail`, or `CampaignTail` for a
+campaign) outside the State, and takes the State lock only to copy the changed fields in.
+Reloading, a second tab or a restarted server therefore show the same run, and closing the
+browser never touches the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+from backpropagate_app import engine
+from backpropagate_app.display import EMPTY_RUN_VIEW, RunTail
+from backpropagate_app.tasks import attempt
+from backpropagate_core.errors import BackpropError
+
+POLL_S = 0.3
+"""How often an open page reads the store; a step event shows within about this long."""
+REFRESH_S = 1.0
+"""Unchanged runs still refresh this often, so elapsed time keeps ticking."""
+MIN_PUBLISH_S = 0.5
+"""Fastest a panel re-renders: every update costs the browser, which on a small machine
+shares the CPU with the training it shows. Latency stays well under a second."""
+RECHECK_S = 2.0
+"""How often the loop looks at the State for a run the page itself picked."""
+
+
+def read_run(run_id: str, tail: RunTail) -> tuple[dict | None, bool]:
+    """(Run.to_dict() or None if the run is gone, whether new events arrived) for one poll."""
+    store = engine.store()
+    try:
+        run = store.get(run_id).to_dict()
+    except BackpropError:
+        return None, False
+    return run, tail.feed(store.events(run_id, after_id=tail.after_id))
+
+
+def _run_id(state) -> str:
+    return state.run_id
+
+
+class Poller:
+    """Follows, for one page's State, the run that `choose` names, until the page's load
+    chain is cancelled by navigation or disconnect.
+
+    `picked(state)` is what the page itself chose (read under the lock; by default its
+    `run_id`); `choose(picked)` runs off the lock each poll and returns the run to show, so
+    a page can switch to a run started elsewhere. `tail(run_id)` makes the object that folds
+    that run's events into a view, and `empty` is the view of no run. The State must have
+    the run panel's `_show(view, previous)` (`live.RunView`).
+    """
+
+    def __init__(self, choose: Callable[[Any], str], picked: Callable[[Any], Any] = _run_id,
+                 tail: Callable[[str], RunTail] = RunTail, empty: dict = EMPTY_RUN_VIEW) -> None:
+        self.choose, self.picked, self.new_tail, self.empty = choose, picked, tail, empty
+        self.tail: RunTail | None = None
+        self.shown: dict | None = None
+        self.pending = False  # events folded into the tail that no published view has shown
+        self.refreshed = time.monotonic()
+
+    def _read(self, current: Any) -> dict:
+        """The view to show after one poll (blocking: runs in a thread)."""
+        wanted = self.choose(current)
+        if self.tail is None or self.tail.run_id != wanted:
+            self.tail, self.shown = self.new_tail(wanted), None
+        run, fresh = read_run(wanted, self.tail) if wanted else (None, False)
+        self.pending = self.pending or fresh
+        if run is None:
+            return self.empty | {"run_id": wanted}
+        if self.pending or self.shown is None or time.monotonic() - self.refreshed > REFRESH_S:
+            self.refreshed = time.monotonic()
+            return self.tail.view(run)
+        return self.shown
+
+    async def run(self, state) -> None:
+        """Poll forever; the lock is taken only to publish a changed view, and every few
+        seconds to notice a run picked by the page itself."""
+        checked = published = time.monotonic()
+        async with state:
+            current = self.picked(state)
+        while True:
+            view, error = await attempt(self._read, current)
+            if error:  # show it and keep polling: the next read may work again
+                view = (self.shown or self.empty) | {"error": error}
+            now = time.monotonic()
+            if view != self.shown or now - checked > RECHECK_S:
+                if self.shown is not None and now - published < MIN_PUBLISH_S:
+                    await asyncio.sleep(MIN_PUBLISH_S - (now - published))
+                    continue  # read once more and publish the newest
+                async with state:
+                    if self.picked(state) != current:
+                        self.shown = None  # the page chose a run: follow it next poll
+                    else:
+                        state._show(view, self.shown)
+                        self.shown = view
+                    current = self.picked(state)
+                self.pending = False
+                published = checked = time.monotonic()
+            await asyncio.sleep(POLL_S)

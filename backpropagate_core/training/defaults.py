@@ -1,0 +1,160 @@
+"""Smart defaults: every training setting the user left empty, chosen with a reason.
+
+The choice depends on the hardware (device, memory, bf16 support) and on the dataset
+(how many examples, how long they are). Each value comes with one line saying why, which
+the CLI prints, the UI shows as a caption and the run store keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backpropagate_core.config import LoraSettings, TrainingSettings
+
+
+@dataclass
+class Hardware:
+    device: str
+    """"cuda", "mps" or "cpu"."""
+    name: str
+    memory_gb: float
+    """Free accelerator memory, or total RAM on CPU."""
+    bf16: bool
+    """Whether bf16 math is fast here (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX)."""
+    count: int = 1
+
+
+def detect_hardware() -> Hardware:
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(0)
+        return Hardware("cuda", torch.cuda.get_device_name(0), free / 2**30,
+                        torch.cuda.is_bf16_supported(), torch.cuda.device_count())
+    ram = psutil.virtual_memory().total / 2**30
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return Hardware("mps", "Apple GPU", ram, False)
+    return Hardware("cpu", platform.processor() or platform.machine(), ram, cpu_has_bf16())
+
+
+def cpu_has_bf16() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return False
+    flags = cpuinfo.read_text(errors="ignore")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass
+class Resolved:
+    training: TrainingSettings
+    lora: LoraSettings
+    reasons: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def resolve(training: TrainingSettings, lora: LoraSettings, hw: Hardware, *, n_train: int,
+            token_lengths: list[int], model_params_b: float, model_max_len: int | None) -> Resolved:
+    """Fill every None in `training` and explain each value; explicit values are kept."""
+    t = training.model_copy()
+    why: dict[str, str] = {}
+
+    def pick(name: str, value, reason: str) -> None:
+        if getattr(t, name) is None:
+            setattr(t, name, value)
+            why[name] = reason
+        else:
+            why[name] = "set by you"
+
+    pick("max_seq_len", *_seq_len(token_lengths, hw, model_max_len))
+    pick("batch_size", *_batch_size(hw, model_params_b, t.max_seq_len))
+    pick("grad_accum", *_grad_accum(t.batch_size, n_train))
+    effective = t.batch_size * t.grad_accum
+    if t.steps is None and t.epochs is not None:
+        pick("steps", max(1, math.ceil(n_train * t.epochs / effective)),
+             f"{t.epochs:g} epochs over {n_train} examples at {effective} per step")
+    else:
+        pick("steps", *_steps(n_train, sum(token_lengths), effective, hw))
+    pick("learning_rate", *_learning_rate(lora.r, model_params_b))
+    pick("save_steps", max(1, t.steps // 5), "about five checkpoints per run")
+    pick("eval_steps", max(1, t.steps // 10), "about ten held-out evaluations per run")
+    pick("gradient_checkpointing", *_checkpointing(hw, model_params_b))
+    if t.precision == "auto":
+        t.precision, why["precision"] = _precision(hw)
+    else:
+        why["precision"] = "set by you"
+    return Resolved(t, lora, why, hw.device)
+
+
+def _seq_len(lengths: list[int], hw: Hardware, model_max: int | None) -> tuple[int, str]:
+    cap = 4096 if hw.device == "cuda" else 1024
+    if model_max:
+        cap = min(cap, model_max)
+    if not lengths:
+        return min(512, cap), "no token statistics; a common default"
+    ordered = sorted(lengths)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    value = min(cap, max(64, 64 * math.ceil(p99 / 64)))
+    return value, f"covers 99% of examples (p99 = {p99} tokens), capped at {cap} on {hw.device}"
+
+
+def _batch_size(hw: Hardware, params_b: float, seq_len: int | None) -> tuple[int, str]:
+    if hw.device != "cuda":
+        return 4, f"{hw.device}: small batches keep step time short and memory low"
+    from backpropagate_core.training.estimate import largest_batch
+
+    batch = largest_batch(params_b, seq_len or 1024, hw.memory_gb)
+    return batch, f"largest batch that fits {hw.memory_gb:.0f} GB free VRAM with a 15% margin"
+
+
+def _grad_accum(batch: int, n_train: int) -> tuple[int, str]:
+    target = 8 if n_train >= 200 else 4
+    accum = max(1, target // batch)
+    return accum, f"reaches an effective batch of {batch * accum} examples per optimizer step"
+
+
+EPOCHS = ((100, 10), (500, 5), (2000, 3), (10000, 2))
+"""(up to N examples, passes): a few facts need many passes to be learned, a big set few;
+early stopping on the held-out score ends the run sooner when more would only over-fit."""
+TOKEN_BUDGET = {"cuda": 50_000_000, "cpu": 2_000_000}
+"""Most tokens a default run trains on (the steps are cut to fit), so a large dataset
+does not default to days of training: ~3 hours at ~200 tokens/s on a CPU."""
+
+
+def _steps(n_train: int, n_tokens: int, effective: int, hw: Hardware) -> tuple[int, str]:
+    epochs = next((e for limit, e in EPOCHS if n_train <= limit), 1)
+    steps = max(10, math.ceil(n_train * epochs / effective))
+    reason = f"{epochs} epoch(s) over {n_train} examples at {effective} per step"
+    budget = TOKEN_BUDGET["cuda" if hw.device == "cuda" else "cpu"]
+    per_step = n_tokens / max(1, n_train) * effective
+    if per_step and steps * per_step > budget:
+        steps = max(10, int(budget / per_step))
+        reason += f", cut to {budget / 1e6:g}M tokens on {hw.device}"
+    return min(steps, 20000), reason
+
+
+def _learning_rate(r: int, params_b: float) -> tuple[float, str]:
+    """LoRA rates that learned new facts at rank 16 (alpha 32): higher for small models,
+    whose updates are smaller relative to their weights."""
+    lr = 1e-3 if params_b < 1 else 4e-4 if params_b < 4 else 2e-4 if params_b < 15 else 1e-4
+    if r >= 64:
+        lr /= 2
+    return lr, f"LoRA rate for a {params_b:.3g}B-parameter model at rank {r}"
+
+
+def _checkpointing(hw: Hardware, params_b: float) -> tuple[bool, str]:
+    if hw.device == "cuda" and (params_b >= 3 or hw.memory_gb < 12):
+        return True, "saves activation memory on this GPU at ~20% extra compute"
+    return False, "memory is ample for this model; faster without it"
+
+
+def _precision(hw: Hardware) -> tuple[str, str]:
+    if hw.bf16:
+        return "bf16", f"{hw.name or hw.device} has fast bf16 math"
+    if hw.device == "cuda":
+        return "fp16", "this GPU lacks bf16; fp16 with loss scaling"
+    return "fp32", f"{hw.device} has no fast bf16; full precision"

@@ -1,0 +1,111 @@
+"""The poller every live panel uses, without a browser: it shows what the store holds,
+follows a run the page picks, and turns a failed read into a coded error it recovers from;
+and `tasks.attempt`, the UI tasks' outer edge."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+
+import pytest
+
+from backpropagate_app import poller
+from backpropagate_app.poller import Poller
+from backpropagate_app.tasks import attempt
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.runs import events as ev
+from backpropagate_core.runs.store import RunStore
+
+
+class PageState:
+    """Stands in for a Reflex State: an async lock and the run panel's `_show`."""
+
+    def __init__(self, run_id: str = "") -> None:
+        self.run_id = run_id
+        self.errors: list[dict] = []
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    def _show(self, view: dict, previous: dict | None) -> None:
+        for key, value in view.items():
+            if previous is None or previous.get(key) != value:
+                setattr(self, key, value)
+        self.errors.append(view.get("error") or {})
+
+
+def run_async(coro):
+    """asyncio.run in a fresh thread: browser tests may keep an event loop in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def follow_for(seconds: float, follower: Poller, state: PageState, then=None) -> None:
+    task = asyncio.ensure_future(follower.run(state))
+    await asyncio.sleep(seconds)
+    if then:
+        then(state)
+        await asyncio.sleep(seconds)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    for name, value in (("POLL_S", 0.01), ("MIN_PUBLISH_S", 0.0), ("RECHECK_S", 0.05)):
+        monkeypatch.setattr(poller, name, value)
+
+
+def record_run(store: RunStore, name: str, steps: int) -> str:
+    run = store.create_run(config={"model": "m", "data": "d.jsonl"}, model="m", dataset="/d.jsonl", name=name)
+    store.record(ev.RunStarted(run.id, config={}, total_steps=steps))
+    for i in range(1, steps + 1):
+        store.record(ev.Step(run.id, step=i, total=steps, loss=2.0 / i, lr=1e-4))
+    store.record(ev.Finished(run.id, final_loss=2.0 / steps, steps=steps, artifacts={}))
+    return run.id
+
+
+def test_poller_shows_the_chosen_run_then_the_one_the_page_picks(isolated_home, fast):
+    store = RunStore(isolated_home)
+    first, second = record_run(store, "first", 2), record_run(store, "second", 3)
+    state = PageState()
+    follower = Poller(lambda current: current or first)
+
+    def pick(s):
+        s.run_id = second
+
+    run_async(follow_for(0.4, follower, state, then=pick))
+    assert (state.run_id, state.name, state.step, state.status) == (second, "second", 3, "completed")
+    assert len(state.points) == 3 and not state.error
+
+
+def test_a_failed_poll_shows_a_coded_error_and_polling_goes_on(isolated_home, fast):
+    run_id = record_run(RunStore(isolated_home), "r", 2)
+    calls = []
+
+    def choose(current: str) -> str:
+        calls.append(current)
+        if len(calls) == 1:
+            raise OSError("disk went away")
+        return run_id
+
+    state = PageState()
+    run_async(follow_for(0.4, Poller(choose), state))
+    assert state.errors[0]["code"] == "RUNTIME_UNEXPECTED" and "disk went away" in state.errors[0]["message"]
+    assert state.run_id == run_id and state.status == "completed" and not state.error  # recovered
+
+
+def test_attempt_turns_every_failure_into_a_coded_error():
+    def refuse():
+        raise BackpropError("INPUT_MODEL_NOT_FOUND", "no model chosen", hint="Pick a preset.")
+
+    assert run_async(attempt(lambda a, b=0: a + b, 1, b=2)) == (3, {})
+    assert run_async(attempt(refuse)) == (None, {"code": "INPUT_MODEL_NOT_FOUND", "message": "no model chosen",
+                                                 "hint": "Pick a preset."})
+    result, error = run_async(attempt(lambda: 1 / 0))
+    assert result is None and error["code"] == "RUNTIME_UNEXPECTED" and "ZeroDivisionError" in error["message"]

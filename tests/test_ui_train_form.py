@@ -1,0 +1,70 @@
+"""The Train page's form from a typed plan (backpropagate_app.train_form), without a browser."""
+
+from __future__ import annotations
+
+import pytest
+
+from backpropagate_app import train_form as f
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.runs.protocol import Plan
+
+PLAN = Plan.model_validate({
+    "config": {"model": "m", "data": "/d.jsonl",
+               "training": {"steps": 27, "learning_rate": 0.0002, "batch_size": 4, "grad_accum": 1,
+                            "max_seq_len": 704, "precision": "bf16", "gradient_checkpointing": True},
+               "lora": {"r": 16, "alpha": 32}},
+    "reasons": {"steps": "~3 epochs", "learning_rate": "standard LoRA rate"},
+    "device": "cpu", "format": "openai", "examples": 40, "train_examples": 36, "val_examples": 4,
+    "memory_gb": 8.0, "label_fraction": 0.5})
+
+
+def test_plan_values_and_captions_are_typed():
+    values = f.plan_values(PLAN)
+    assert values == {"steps": 27, "learning_rate": 0.0002, "batch_size": 4, "grad_accum": 1,
+                      "max_seq_len": 704, "r": 16, "alpha": 32}
+    assert {key: f.as_text(v) for key, v in values.items()}["learning_rate"] == "0.0002"
+    captions = f.plan_captions(PLAN)
+    assert captions["steps"] == "~3 epochs"
+    assert "LoRA rank" in captions["r"]  # no reason from the plan: the field's own description
+    assert "None" not in f.default_captions()["steps"]
+    facts = f.MemoryFacts.of(PLAN)
+    assert facts.memory_gb == 8.0 and facts.gradient_checkpointing is True and facts.load_in_4bit is False
+
+
+def test_form_overrides_only_send_what_the_person_changed():
+    planned = f.plan_values(PLAN)
+    form = {key: f.as_text(v) for key, v in planned.items()} | {"steps": "40", "learning_rate": "1e-4", "r": ""}
+    assert f.form_overrides(form, planned) == {"steps": 40, "learning_rate": 0.0001}
+    assert f.form_overrides({"steps": "12"}, {}) == {"steps": 12}
+    assert f.form_overrides({"learning_rate": "2e-4", "steps": "27.0"}, planned) == {}  # same numbers
+
+
+def test_form_overrides_report_every_bad_field_at_once():
+    with pytest.raises(BackpropError) as err:
+        f.form_overrides({"steps": "ten", "learning_rate": "-1", "batch_size": "2.5"}, {})
+    assert err.value.code == "CONFIG_INVALID"
+    for part in ("Steps", "Learning rate", "Batch size"):
+        assert part in err.value.message
+
+
+def test_merge_plan_keeps_edits_and_captions_say_so():
+    planned = f.plan_values(PLAN)
+    form = {key: f.as_text(v) for key, v in planned.items()} | {"steps": "5"}
+    fresh = planned | {"steps": 99, "learning_rate": 0.0001}
+    merged = f.merge_plan(form, planned, fresh)
+    assert merged["steps"] == "5" and merged["learning_rate"] == "0.0001"
+    notes = f.field_captions(merged, fresh, f.plan_captions(PLAN))
+    assert notes["steps"].startswith("set by you; the plan chose 99")
+    assert notes["learning_rate"] == "standard LoRA rate"
+
+
+def test_memory_line_uses_the_form_then_the_plan(tiny_llama):
+    facts = f.MemoryFacts(device="cpu", memory_gb=8.0, label_fraction=0.5, precision="bf16")
+    planned = {"max_seq_len": 128, "batch_size": 4, "r": 16}
+    small = f.memory_line(str(tiny_llama), {}, planned, facts)
+    assert small.startswith("Memory: about") and "of 8.0 GB of RAM" in small and "may not fit" not in small
+    huge = f.memory_line(str(tiny_llama), {"batch_size": "200000"}, planned, facts)
+    assert "may not fit" in huge
+    assert f.memory_line(str(tiny_llama), {"batch_size": "abc"}, {"max_seq_len": 128, "r": 16}, facts) == ""
+    assert "no estimate" in f.memory_line("someone/unknown-model", {}, planned, facts)
+    assert f.memory_line(str(tiny_llama), {}, planned, f.MemoryFacts()) == ""  # no plan yet
