@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import reflex as rx
 
-from backpropagate_app import gate
-from backpropagate_app.pages import PAGES, train
+from backpropagate_app.server import gate
+from backpropagate_app.pages import PAGES
+from backpropagate_app.pages.train import page as train
 
 def create_app(**app_options) -> rx.App:
     """The app with every page added; `app_options` go to `rx.App` (e.g. `api_transformer`

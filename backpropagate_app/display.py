@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.protocol import DatasetReport
+from backpropagate_app.answers import learned_cells, samples_view
 
 MAX_CHART_POINTS = 400
 """Charts get at most this many points; longer runs are thinned evenly (last point kept)."""
@@ -206,6 +207,7 @@ class RunTail:
         self.last_step: dict | None = None
         self.hardware: dict | None = None
         self.finished: dict | None = None
+        self.samples: dict | None = None
         self.reasons: dict = {}
         self.config: dict = {}
         self.log: deque[dict] = deque(maxlen=LOG_LINES)
@@ -222,6 +224,10 @@ class RunTail:
             elif kind == "eval":
                 point = self.points.setdefault(event["step"], {"step": event["step"]})
                 point["eval_loss"] = _round(event.get("loss"))
+                if event.get("answer_score") is not None:
+                    point["answer_score"] = round(100 * event["answer_score"], 1)
+            elif kind == "samples":
+                self.samples = event
             elif kind == "hardware":
                 self.hardware = event
             elif kind == "run_started":
@@ -269,6 +275,7 @@ class RunTail:
             "hardware": hardware_view(self.hardware),
             "log": list(reversed(self.log)),
             "artifacts": [{"name": k, "path": v} for k, v in sorted((run.get("artifacts") or {}).items())],
+            **samples_view(self.samples, self.finished),
             "error": ({"code": run["error_code"], "message": run.get("error_message") or "",
                        "hint": run.get("error_hint") or ""} if run.get("error_code")
                       and status in ("failed", "interrupted") else {}),
@@ -297,7 +304,9 @@ def run_row(run: dict, spark: list[dict]) -> dict:
                          else run.get("last_loss")),
         "progress": f"{run.get('step') or 0}/{run.get('total_steps') or 0}",
         "spark": spark,
+        **learned_cells(run.get("summary") or {}),
     }
+
 
 
 def config_rows(config: dict, reasons: dict) -> list[dict]:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import reflex as rx
 
 from backpropagate_app import components as ui
+from backpropagate_app.answers import answers_panel
 from backpropagate_app.poller import Poller
 
 
@@ -37,6 +38,11 @@ class RunView(rx.State, mixin=True):
     artifacts: list[dict[str, str]] = []
     error: dict[str, str] = {}
     resumable: bool = False
+    samples: list[dict[str, Any]] = []
+    answer_score: str = ""
+    base_score: str = ""
+    samples_step: int = 0
+    best_step: str = ""
 
     def _show(self, view: dict, previous: dict | None) -> None:
         """Copy the fields of `view` that differ from `previous` into the State."""
@@ -147,6 +153,7 @@ def run_panel(S: type[RunView], title: rx.Component | None = None) -> rx.Compone
             ui.loss_chart(S.points),
             outcome(S),
         ),
+        answers_panel(S),
         rx.grid(hardware_panel(S), event_log(S), columns=rx.breakpoints(initial="1", md="2"),
                 spacing="4", width="100%"),
         spacing="4", width="100%",

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any, Callable
 
-from backpropagate_app import engine
+from backpropagate_app import facade
 from backpropagate_app.display import EMPTY_RUN_VIEW, RunTail
 from backpropagate_app.tasks import attempt
 from backpropagate_core.errors import BackpropError
@@ -32,7 +32,7 @@ RECHECK_S = 2.0
 
 def read_run(run_id: str, tail: RunTail) -> tuple[dict | None, bool]:
     """(Run.to_dict() or None if the run is gone, whether new events arrived) for one poll."""
-    store = engine.store()
+    store = facade.store()
     try:
         run = store.get(run_id).to_dict()
     except BackpropError:

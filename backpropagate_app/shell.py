@@ -10,7 +10,8 @@ from typing import Callable
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine, gate
+from backpropagate_app import facade
+from backpropagate_app.server import gate
 
 NAV = [
     ("Dataset", "/dataset", "database"),
@@ -45,7 +46,7 @@ def header_status(runs: list) -> dict[str, str]:
 
 
 def read_header(reap: bool) -> dict[str, str]:
-    store = engine.store()
+    store = facade.store()
     if reap:
         store.reap_dead()
     return header_status(store.list(limit=50))

@@ -275,7 +275,11 @@ def _describe(event: ev.Event) -> tuple[int, str]:
         return logging.INFO, (f"step {event.step}/{event.total} loss={event.loss:.4f} "
                               f"lr={event.lr:.3g} tokens/s={_fmt(event.tokens_per_s, '.0f')}")
     if isinstance(event, ev.Eval):
-        return logging.INFO, f"eval step {event.step} {event.split} loss={event.loss:.4f}"
+        score = "" if event.answer_score is None else f" answer_score={event.answer_score:.2f}"
+        return logging.INFO, (f"eval step {event.step} {event.split} loss={event.loss:.4f}{score}"
+                               + (" (best)" if event.best else ""))
+    if isinstance(event, ev.Samples):
+        return logging.DEBUG, f"samples at step {event.step}: {len(event.samples)} held-out answers"
     if isinstance(event, ev.RunStarted):
         return logging.INFO, (f"training started: {event.total_steps} steps, resumed from step "
                               f"{event.resumed_from_step}, device {event.config.get('device', '?')}")

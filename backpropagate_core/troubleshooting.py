@@ -175,9 +175,10 @@ for a failed run. Find the code below. `backprop info --error-codes` lists the s
    line of the run's logs and events, in each checkpoint's `backpropagate.json` and in the
    adapter's manifest, so `grep -r RUN_ID ~/.backpropagate/runs/RUN_ID` finds all of it.
    `show-run` and `resume` accept any unique prefix of it.
-3. The run folder `~/.backpropagate/runs/RUN_ID/` holds `run.log` (everything from DEBUG up),
-   `events.jsonl`, and for background runs `worker.log` (the worker's own output, including
-   a crash's traceback). Secrets are masked in all of them.
+3. The run folder `~/.backpropagate/runs/RUN_ID/` holds `run.log` (everything from DEBUG up)
+   and, for background runs, `worker.log` (the worker's own output, including a crash's
+   traceback); `backprop show-run RUN_ID --events 100000 --json` prints every event the
+   run store recorded. Secrets are masked in all of them.
 4. Logging: `BACKPROPAGATE_LOG_LEVEL` (DEBUG, INFO, WARNING, ERROR),
    `BACKPROPAGATE_LOG_JSON` (auto, true, false) and `BACKPROPAGATE_LOG_FILE` (a JSON-lines
    copy of all logs, rotated at 10 MB).

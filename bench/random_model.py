@@ -29,7 +29,7 @@ def build(like: Path, out: Path, shape: str | None = None, dtype: str = "bfloat1
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from backpropagate_core.training.estimate import SHAPES
+    from backpropagate_core.model.presets import SHAPES
 
     config = json.loads((like / "config.json").read_text())
     if shape:

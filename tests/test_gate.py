@@ -8,8 +8,8 @@ import time
 import jwt
 import pytest
 
-from backpropagate_app import limits
-from backpropagate_app.gate import COOKIE, Gate, GateConfig
+from backpropagate_app.server import limits
+from backpropagate_app.server.gate import COOKIE, Gate, GateConfig
 from backpropagate_core.serve.credentials import hash_password
 from backpropagate_core.errors import BackpropError
 

@@ -110,6 +110,12 @@ def test_chat_answers_two_questions_with_one_model_load(tmp_path_factory):
     assert first.answers["transformers"].tokens and len(second.answers["transformers"].tokens) <= 4
     assert first.identical is None and first.gguf is None
     assert client.ping().chat_loads == loads + 1
+    # Base · fine-tuned side by side, from the same loaded model (the adapter switched off).
+    both = client.chat(run.id, [{"role": "user", "content": "What is the capital of France?"}],
+                       max_new_tokens=6, compare=False, base=True)
+    assert list(both.answers) == ["base", "transformers"] and client.ping().chat_loads == loads + 1
+    assert both.answers["transformers"].tokens == first.answers["transformers"].tokens
+    assert both.answers["base"].tokens != both.answers["transformers"].tokens  # make_run's adapter is not a no-op
     with pytest.raises(BackpropError) as err:
         client.chat(run.id, [{"role": "assistant", "content": "no question"}])
     assert err.value.code == "INPUT_EXPORT_OPTION_INVALID"

@@ -91,7 +91,7 @@ def test_header_prefers_the_active_run(isolated_home):
 
 
 def test_train_page_shows_the_active_run_else_the_one_shown(isolated_home):
-    from backpropagate_app.pages.train import run_to_show
+    from backpropagate_app.pages.train.page import run_to_show
 
     store = RunStore(isolated_home)
     assert run_to_show("") == ""
@@ -104,7 +104,7 @@ def test_train_page_shows_the_active_run_else_the_one_shown(isolated_home):
 
 
 def test_runs_table_rows_and_sparklines(isolated_home):
-    from backpropagate_app.pages.runs import SparkCache, read_rows
+    from backpropagate_app.pages.runs.page import SparkCache, read_rows
 
     store = RunStore(isolated_home)
     record_run(store, "a", [3.0, 2.0, 1.0])
@@ -118,7 +118,7 @@ def test_runs_table_rows_and_sparklines(isolated_home):
 
 
 def test_run_detail_reads_resolved_config_and_new_events(isolated_home):
-    from backpropagate_app.pages.run_detail import RunDetails
+    from backpropagate_app.pages.runs.detail import RunDetails
 
     store = RunStore(isolated_home)
     run_id = record_run(store, "a", [2.0, 1.0], finish=False)
@@ -153,14 +153,14 @@ def test_live_read_run_handles_deleted_runs(isolated_home):
 # ---- uploads and the workspace ------------------------------------------------------------------
 
 def test_upload_is_sanitised_and_listed_first(outputs):
-    from backpropagate_app import engine
+    from backpropagate_app import facade
 
-    saved = engine.save_upload("../../etc/my data.jsonl", b'{"text": "hello"}\n')
+    saved = facade.save_upload("../../etc/my data.jsonl", b'{"text": "hello"}\n')
     assert saved == (outputs / "uploads" / "my_data.jsonl").resolve()
     assert saved.read_bytes() == b'{"text": "hello"}\n'
     time.sleep(0.01)
-    engine.save_upload("newer.jsonl", b'{"text": "x"}\n')
-    files = engine.workspace_files()
+    facade.save_upload("newer.jsonl", b'{"text": "x"}\n')
+    files = facade.workspace_files()
     assert [f["label"] for f in files[:2]] == ["uploads/newer.jsonl", "uploads/my_data.jsonl"]
     assert any(f["label"] == "examples/quickstart.jsonl" for f in files)
 
@@ -171,33 +171,33 @@ def test_upload_is_sanitised_and_listed_first(outputs):
     ("fake.jsonl", b"this is not json\n", "UI_UPLOAD_REJECTED"),
 ])
 def test_bad_uploads_are_refused_with_a_code(outputs, name, data, code):
-    from backpropagate_app import engine
+    from backpropagate_app import facade
 
     with pytest.raises(BackpropError) as err:
-        engine.save_upload(name, data)
+        facade.save_upload(name, data)
     assert err.value.code == code
     assert not any((outputs / "uploads").glob("*"))
 
 
 def test_upload_size_limit(outputs, monkeypatch):
-    from backpropagate_app import engine
+    from backpropagate_app import facade
 
     monkeypatch.setenv("BACKPROPAGATE_UI__MAX_UPLOAD_MB", "1")
     line = json.dumps({"text": "x" * 1000}) + "\n"
     with pytest.raises(BackpropError) as err:
-        engine.save_upload("big.jsonl", (line * 1100).encode())
+        facade.save_upload("big.jsonl", (line * 1100).encode())
     assert err.value.code == "INPUT_UPLOAD_TOO_LARGE"
 
 
 def test_model_spec_from_picker():
-    from backpropagate_app import engine
+    from backpropagate_app import facade
 
-    assert engine.model_spec("smollm2-135m", "ignored") == "smollm2-135m"
-    assert engine.model_spec(engine.CUSTOM_MODEL, "  /models/mine ") == "/models/mine"
+    assert facade.model_spec("smollm2-135m", "ignored") == "smollm2-135m"
+    assert facade.model_spec(facade.CUSTOM_MODEL, "  /models/mine ") == "/models/mine"
     with pytest.raises(BackpropError) as err:
-        engine.model_spec(engine.CUSTOM_MODEL, " ")
+        facade.model_spec(facade.CUSTOM_MODEL, " ")
     assert err.value.code == "INPUT_MODEL_NOT_FOUND"
-    labels = [p["label"] for p in engine.preset_options()]
+    labels = [p["label"] for p in facade.preset_options()]
     assert any(label.startswith("smollm2-135m") and "GB VRAM" in label for label in labels)
 
 
@@ -245,3 +245,13 @@ def test_check_can_start_refuses_early(tmp_path):
         with pytest.raises(BackpropError) as err:
             check_can_start("127.0.0.1", port, env, repo=REPO)
     assert err.value.code == "UI_START_FAILED" and "--port" in err.value.hint
+
+
+def test_the_attack_suite_targets_the_real_state_names():
+    """The security suite sends raw websocket events by state name; moving a page must not
+    leave it attacking a state that no longer exists."""
+    from backpropagate_app.pages.dataset import DatasetState
+    from backpropagate_app.pages.train.page import TrainState
+    from tests.security.test_attack_suite import DATASET, TRAIN
+
+    assert (DATASET, TRAIN) == (DatasetState.get_full_name(), TrainState.get_full_name())

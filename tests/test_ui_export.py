@@ -39,7 +39,7 @@ def add_run(store: RunStore, name: str, status: str = "completed", adapter: bool
 
 
 def test_sizes_and_explanations_for_every_option():
-    from backpropagate_app import export_view as view
+    from backpropagate_app.pages.export import view
 
     n = view.param_count("smollm2-135m")
     assert 130e6 < n < 140e6
@@ -59,7 +59,7 @@ def test_sizes_and_explanations_for_every_option():
 
 
 def test_param_count_reads_a_local_config(tmp_path):
-    from backpropagate_app import export_view as view
+    from backpropagate_app.pages.export import view
 
     (tmp_path / "config.json").write_text(json.dumps(
         {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -69,7 +69,7 @@ def test_param_count_reads_a_local_config(tmp_path):
 
 
 def test_runs_sources_and_files_come_from_the_store(isolated_home):
-    from backpropagate_app import export_view as view
+    from backpropagate_app.pages.export import view
 
     store = RunStore(isolated_home)
     done = add_run(store, "done", checkpoints=(5, 10))
@@ -134,7 +134,7 @@ def finish(store: RunStore, export_id: str, **summary) -> None:
 
 
 def test_export_run_followed_to_its_result(isolated_home):
-    from backpropagate_app.export_view import EMPTY_JOB, ExportFollow
+    from backpropagate_app.pages.export.view import EMPTY_JOB, ExportFollow
 
     store = RunStore(isolated_home)
     run_id = add_run(store, "my-bot")
@@ -175,7 +175,7 @@ def test_export_runs_registered_failed_and_killed(isolated_home):
     import subprocess
     import sys
 
-    from backpropagate_app.export_view import ExportFollow, export_run_rows
+    from backpropagate_app.pages.export.view import ExportFollow, export_run_rows
 
     store = RunStore(isolated_home)
     run_id = add_run(store, "bot")
@@ -236,7 +236,7 @@ def test_one_export_per_run_at_a_time(isolated_home):
 
 
 def test_adapter_verification_and_chat_cards():
-    from backpropagate_app.export_view import chat_view, verification_rows
+    from backpropagate_app.pages.export.view import chat_view, verification_rows
 
     assert verification_rows({"files": ["adapter_model.safetensors"], "identical": True, "passed": True}) == [
         {"label": "Adapter files", "status": "ok", "value": "1 file(s) identical to the run's adapter"}]
@@ -252,9 +252,9 @@ def test_adapter_verification_and_chat_cards():
 
 
 def test_read_job_and_refusals_before_any_process_starts(isolated_home):
-    from backpropagate_app import export_view as view
-    from backpropagate_app.export_chat import answer
-    from backpropagate_app.pages.export import launch, read_job
+    from backpropagate_app.pages.export import view
+    from backpropagate_app.pages.export.chat import answer
+    from backpropagate_app.pages.export.page import launch, read_job
 
     store = RunStore(isolated_home)
     run_id = add_run(store, "done")
@@ -277,7 +277,7 @@ def test_read_job_and_refusals_before_any_process_starts(isolated_home):
 
 
 def test_run_page_lists_the_exports_and_an_export_links_to_its_run(isolated_home):
-    from backpropagate_app.pages.run_detail import RunDetails
+    from backpropagate_app.pages.runs.detail import RunDetails
 
     store = RunStore(isolated_home)
     run_id = add_run(store, "bot")

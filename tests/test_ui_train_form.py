@@ -1,10 +1,10 @@
-"""The Train page's form from a typed plan (backpropagate_app.train_form), without a browser."""
+"""The Train page's form from a typed plan (backpropagate_app.pages.train.form), without a browser."""
 
 from __future__ import annotations
 
 import pytest
 
-from backpropagate_app import train_form as f
+from backpropagate_app.pages.train import form as f
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.protocol import Plan
 

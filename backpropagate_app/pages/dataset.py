@@ -8,7 +8,7 @@ from urllib.parse import quote
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
+from backpropagate_app import facade
 from backpropagate_app.display import ReportSummary, error_view, report_view, unexpected_error
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
@@ -34,9 +34,9 @@ class DatasetState(rx.State):
 
     @rx.event
     def load(self):
-        settings = engine.settings()
+        settings = facade.settings()
         self.max_upload_mb = settings.ui.max_upload_mb
-        self.files = engine.workspace_files()
+        self.files = facade.workspace_files()
         if not self.tokenizer:
             self.tokenizer = settings.model
         wanted = self.router.url.query_parameters.get("path", "")
@@ -56,11 +56,11 @@ class DatasetState(rx.State):
             if upload.size is not None and upload.size > limit:
                 raise BackpropError("INPUT_UPLOAD_TOO_LARGE",
                                     f"{upload.name} is {upload.size / 2**20:.1f} MB; the limit is {self.max_upload_mb} MB")
-            saved = engine.save_upload(upload.name or "", await upload.read())
+            saved = facade.save_upload(upload.name or "", await upload.read())
         except BackpropError as err:
             self.upload_error = error_view(err)
             return
-        self.files = engine.workspace_files()
+        self.files = facade.workspace_files()
         self.path = str(saved)
         return DatasetState.analyse
 
@@ -83,7 +83,7 @@ class DatasetState(rx.State):
             self.analysing, self.error, self.report = True, {}, ReportSummary()
             self.histogram, self.problems, self.preview, self.problem_count = [], [], [], 0
         try:
-            view, error = report_view(await asyncio.to_thread(engine.dataset_report, path, model)), {}
+            view, error = report_view(await asyncio.to_thread(facade.dataset_report, path, model)), {}
         except BackpropError as err:
             view, error = None, error_view(err)
         except Exception as exc:  # noqa: BLE001 - the UI task's outer edge

@@ -93,12 +93,18 @@ class ChatSession:
         self.max_new_tokens = max_new_tokens
         self.stop = stop_ids(self.tokenizer)
 
-    def ask(self, messages: list[dict]) -> dict[str, Answer]:
-        """Answers keyed by engine; llama.cpp only when a GGUF is open."""
+    def ask(self, messages: list[dict], base: bool = False) -> dict[str, Answer]:
+        """Answers keyed by engine; llama.cpp only when a GGUF is open; `base`: first the
+        base model's (the adapter switched off), where the source is an adapter."""
         import time
 
         ids = prompt_ids(self.tokenizer, messages)
         answers = {}
+        if base and hasattr(self.model, "disable_adapter"):
+            started = time.time()
+            with self.model.disable_adapter():
+                toks = hf_greedy(self.model, ids, self.max_new_tokens, self.stop)
+            answers["base"] = Answer(self._text(toks), toks, time.time() - started, "transformers")
         started = time.time()
         toks = hf_greedy(self.model, ids, self.max_new_tokens, self.stop)
         answers["transformers"] = Answer(self._text(toks), toks, time.time() - started, "transformers")

@@ -4,7 +4,7 @@ Import-light on purpose: the UI lists these without loading torch. Each preset c
 its published config's shape, so parameter counts and memory estimates come from one
 place and work before any weights are downloaded. VRAM figures are for LoRA training at
 batch 1, sequence 2048, with bf16 weights (`vram_gb`) or 4-bit QLoRA weights
-(`vram_gb_4bit`), from `estimate.py`'s formula rounded up.
+(`vram_gb_4bit`), from `training/estimate.py`'s formula rounded up.
 """
 
 from __future__ import annotations

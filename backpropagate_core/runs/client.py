@@ -213,12 +213,12 @@ def plan(model: str | None, data: str, overrides: dict | None = None,
 
 
 def chat(source: str, messages: list[dict[str, Any]], gguf: str | None = None, max_new_tokens: int = 128,
-         compare: bool = True, timeout: float = CHAT_TIMEOUT_S) -> ChatAnswer:
+         compare: bool = True, base: bool = False, timeout: float = CHAT_TIMEOUT_S) -> ChatAnswer:
     """Greedy answers to the last turn of `messages` from the trained model and, unless
     `compare` is False, from its GGUF (`gguf`, or the run's newest GGUF export)."""
     try:
         request = ChatRequest(source=str(source), messages=messages, gguf=str(gguf) if gguf else None,
-                              max_new_tokens=max_new_tokens, compare=compare)
+                              max_new_tokens=max_new_tokens, compare=compare, base=base)
     except ValidationError as err:
         raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "messages must be a list of {role, content}: "
                             f"{err.error_count()} problem(s)") from None

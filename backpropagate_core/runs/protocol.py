@@ -126,6 +126,8 @@ class ChatRequest(BaseModel):
     max_new_tokens: int = Field(128, ge=1, le=4096)
     compare: bool = True
     """False: the trained model alone, no llama.cpp."""
+    base: bool = False
+    """Also answer with the base model (the adapter switched off), first."""
 
 
 class EngineAnswer(BaseModel):

@@ -73,8 +73,8 @@ def chat(req: ChatRequest) -> ChatAnswer:
     messages = check_messages([m.model_dump() for m in req.messages])
     session = _chat_session(req.source, req.gguf, req.compare)
     session.max_new_tokens = req.max_new_tokens
-    answers = session.ask(messages)
-    both = len(answers) == 2
+    answers = session.ask(messages, base=req.base)
+    both = "llama.cpp" in answers
     return ChatAnswer(
         answers={name: EngineAnswer(text=a.text, tokens=a.tokens, seconds=round(a.seconds, 3))
                  for name, a in answers.items()},

@@ -22,55 +22,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from backpropagate_core.runs import events as ev
+from backpropagate_core.runs import schema
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.redact import redact_obj
 
 ACTIVE = ("queued", "running")
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    name TEXT,
-    kind TEXT NOT NULL DEFAULT 'train',
-    status TEXT NOT NULL,
-    model TEXT,
-    dataset TEXT,
-    config TEXT NOT NULL DEFAULT '{}',
-    summary TEXT NOT NULL DEFAULT '{}',
-    run_dir TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    step INTEGER NOT NULL DEFAULT 0,
-    total_steps INTEGER NOT NULL DEFAULT 0,
-    last_loss REAL,
-    final_loss REAL,
-    error_code TEXT,
-    error_message TEXT,
-    error_hint TEXT,
-    pid INTEGER,
-    pid_started REAL,
-    host TEXT,
-    parent TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL,
-    ts REAL NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
-CREATE TABLE IF NOT EXISTS artifacts (
-    run_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    path TEXT NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    PRIMARY KEY (run_id, name)
-);
-"""
 
 
 @dataclass
@@ -134,8 +92,7 @@ class RunStore:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "runs.db"
         with self._conn() as conn:
-            conn.executescript(_SCHEMA)
-            _migrate(conn)
+            schema.create(conn)
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -354,18 +311,6 @@ class StoreSink:
 
     def __call__(self, event: ev.Event) -> None:
         self.store.record(event)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a runs.db made by an older version up to the current schema."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
-    if "parent" not in columns:
-        try:
-            conn.execute("ALTER TABLE runs ADD COLUMN parent TEXT")
-        except sqlite3.OperationalError as err:
-            if "duplicate column" not in str(err):  # another process migrated it just now
-                raise
-    conn.execute("CREATE INDEX IF NOT EXISTS runs_parent ON runs (parent)")
 
 
 _RESULT_KEYS = ("best_step", "best_score", "base_score", "stopped_early")

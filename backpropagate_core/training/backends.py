@@ -1,6 +1,6 @@
 """Which library builds the model for training: transformers + peft, or Unsloth.
 
-Either way the model then trains through `hf_trainer.fit`, so events, checkpoints, the
+Either way the model then trains through `trainer.fit`, so events, checkpoints, the
 adapter and every export are the same. `backend="auto"` picks Unsloth only where it is
 installed and runs on CUDA, where its Triton kernels are made for the job (no GPU comparison
 against our own path has been measured yet: `docs/performance.md`). On CPUs Unsloth runs
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from backpropagate_core.errors import BackpropError
 
 BACKEND_ATTR = "_backpropagate_backend"
-"""Set on the model: "unsloth" tells `hf_trainer.fit` to keep Unsloth's own loss and padding."""
+"""Set on the model: "unsloth" tells `trainer.fit` to keep Unsloth's own loss and padding."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Out-of-memory recovery for the training loop (`hf_trainer.fit` drives it).
+"""Out-of-memory recovery for the training loop (`trainer.fit` drives it).
 
 A CUDA out-of-memory error mid-step leaves the model and optimizer at the last completed
 step. We drop the half-accumulated gradients, give the cached blocks back to the driver,

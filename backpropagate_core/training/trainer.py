@@ -12,9 +12,7 @@ with a smaller batch (`oom`), and the GPU guard can pause between steps (`gpu`).
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from backpropagate_core import platform_support
 from backpropagate_core.training import distributed
 from backpropagate_core.runs import events as ev
 from backpropagate_core.config import TrainingSettings
-from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.layout import IGNORE_INDEX, MANIFEST
 from backpropagate_core.training import checkpoints
 
@@ -109,113 +106,6 @@ class _ListDataset:
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
-
-
-def _make_callback(run_id: str, sink: ev.Sink, collator: Collator, cancel_flag: Path,
-                   output_dir: Path, guard=None, probing=None):
-    from transformers import TrainerCallback
-
-    class EventCallback(TrainerCallback):
-        """Turns Trainer hooks into events and checks the stop flag after each step."""
-
-        def __init__(self) -> None:
-            self.cancelled = False
-            self.overheat = None
-            """The RUNTIME_GPU_OVERHEAT error once the guard aborted; raised after the last save."""
-            self.nonfinite: BackpropError | None = None
-            """RUNTIME_LOSS_NONFINITE once a logged loss was NaN or infinite; raised after training stops."""
-            self.last_loss: float | None = None
-            self.t0 = self.t_last = time.time()
-            self.tokens_last = 0
-            self.start_step = 0
-            self.rate: float | None = None
-            self.last_checkpoint: str | None = None
-            # Time inside optimizer steps only, so saves and evaluations do not dilute tokens/s.
-            self.step_time = 0.0
-            self.step_time_last = 0.0
-            self.t_step = 0.0
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.t_step = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            if "loss" not in logs:
-                return
-            now = time.time()
-            window = self.step_time - self.step_time_last
-            if window > 0:
-                self.rate = (collator.trained - self.tokens_last) / window
-            self.t_last, self.tokens_last, self.step_time_last = now, collator.trained, self.step_time
-            done = state.global_step - self.start_step
-            elapsed = now - self.t0
-            eta = elapsed / done * (state.max_steps - state.global_step) if done else None
-            self.last_loss = float(logs["loss"])
-            if not math.isfinite(self.last_loss):
-                # Further steps would only train on NaN weights; stop without saving them.
-                self.nonfinite = BackpropError(
-                    "RUNTIME_LOSS_NONFINITE", f"the training loss became {self.last_loss} at step {state.global_step}",
-                    hint="Lower the learning rate (e.g. --lr 1e-4), train in fp32 (--precision fp32), "
-                         "or check the data for empty or extremely long examples.")
-                control.should_save = False
-                control.should_training_stop = True
-                return control
-            grad = logs.get("grad_norm")
-            sink(ev.Step(run_id, step=state.global_step, total=state.max_steps, loss=self.last_loss,
-                         lr=float(logs.get("learning_rate", 0.0)),
-                         grad_norm=None if grad is None else float(grad),
-                         tokens_per_s=self.rate, elapsed_s=elapsed, eta_s=eta,
-                         epoch=logs.get("epoch")))
-
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            self.start_step = state.global_step
-            self.t0 = self.t_last = time.time()
-            if probing is not None and model is not None:
-                probing.start(model)
-
-        def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
-            if not metrics or "eval_loss" not in metrics:
-                return
-            loss, step = float(metrics["eval_loss"]), state.global_step
-            verdict = None
-            if probing is not None and args.should_save:
-                verdict = probing.judge(step, loss, lambda path, meta: checkpoints.save_adapter(
-                    model, probing.tokenizer, path, meta))
-            got = lambda key: metrics.get(f"eval_{key}")  # noqa: E731
-            sink(ev.Eval(run_id, step=step, loss=loss, answer_score=got("answer_score"), f1=got("f1"),
-                         rouge_l=got("rouge_l"), exact_match=got("exact_match"),
-                         best=bool(verdict and verdict.best)))
-            if probing is not None and probing.samples:
-                sink(ev.Samples(run_id, step=step, samples=probing.samples,
-                                answer_score=got("answer_score"), base_score=probing.base_score))
-            if verdict is not None and verdict.stop:
-                sink(ev.LogLine(run_id, message=(
-                    f"stopping early at step {step}: no better held-out result for {probing.patience} "
-                    f"evaluations; keeping step {probing.best_step}")))
-                control.should_training_stop = True
-
-        def on_save(self, args, state, control, **kw):
-            path = output_dir / f"checkpoint-{state.global_step}"
-            if path.is_dir():
-                self.last_checkpoint = str(path)
-                sink(ev.CheckpointSaved(run_id, step=state.global_step, path=str(path)))
-
-        def on_step_end(self, args, state, control, **kw):
-            self.step_time += time.perf_counter() - self.t_step
-            if guard is not None and self.overheat is None:
-                try:
-                    guard.wait_if_paused(should_stop=cancel_flag.exists)
-                except BackpropError as err:
-                    self.overheat = err
-            # Under accelerate every rank must stop after the same step, or one would wait
-            # forever in the next gradient all-reduce.
-            if distributed.any_rank(cancel_flag.exists() or self.overheat is not None):
-                self.cancelled = self.overheat is None
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    return EventCallback()
 
 
 def _trainer_class():
@@ -306,7 +196,9 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     own = getattr(model, backends.BACKEND_ATTR, None) != "unsloth"
     labelled = own and speed.plain_lm_head(model) and not _liger() and distributed.world_size() == 1
     collator = Collator(tokenizer.pad_token_id, pack=t.packing and own, label_index=labelled)
-    callback = _make_callback(run_id, sink, collator, cancel_flag, output_dir, guard, probing)
+    from backpropagate_core.training.callbacks import EventCallback
+
+    callback = EventCallback(run_id, sink, collator, cancel_flag, output_dir, guard, probing)
     # The attention of a packed row runs per example (a model loaded with flash-attention
     # uses its own varlen kernel instead).
     attention = speed.use_varlen_attention(model) if collator.pack else None

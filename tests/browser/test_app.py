@@ -123,12 +123,22 @@ def test_train_run_streams_and_finishes(page, server):
     expect(page.get_by_test_id("run-completed")).to_be_visible(timeout=RUN_TIMEOUT_MS)
     assert float(page.get_by_test_id("final-loss").inner_text()) > 0
     expect(page.get_by_test_id("artifacts")).to_contain_text("adapter")
-    assert chart_points(page) >= 40
     expect(page.get_by_test_id("header-status")).to_have_text("completed", timeout=10_000)
-    screenshot(page, "train-finished")
-
     run = RunStore(server.home).list(status="completed")[0]
     assert run.name == "browser-finish" and run.final_loss is not None
+    assert chart_points(page) >= run.step  # every step, up to where early stopping ended it
+
+    # What the model answers now: the held-out questions of quickstart.jsonl, with the
+    # reference, the base model's answer and the answer at the latest evaluation.
+    answers = page.get_by_test_id("answers-table")
+    expect(answers).to_be_visible()
+    samples = [e for _, e in RunStore(server.home).events(run.id, types=("samples",))]
+    assert samples and samples[-1]["samples"]
+    expect(answers).to_contain_text(samples[-1]["samples"][0]["prompt"][:40])
+    expect(page.get_by_test_id("answer-score")).to_contain_text("%")
+    expect(page.get_by_test_id("score-chart")).to_be_visible()
+    answers.scroll_into_view_if_needed()
+    screenshot(page, "train-finished")
 
 
 def test_stop_midway_and_reload_stays_live(page, server, browser):
@@ -170,6 +180,7 @@ def test_runs_page_and_detail(page, server):
     completed = page.locator("[data-testid=run-row][data-status=completed]")
     expect(completed.first).to_be_visible()
     expect(completed.first.locator(".recharts-line")).to_have_count(1)
+    expect(completed.first.get_by_test_id("learned")).to_contain_text("%")  # held-out score, base score
     screenshot(page, "runs")
 
     # The status filter narrows the table.
@@ -183,11 +194,33 @@ def test_runs_page_and_detail(page, server):
     completed.first.get_by_role("link").first.click()
     expect(page.get_by_test_id("detail-name")).to_have_text("browser-finish")
     expect(page.get_by_test_id("config")).to_contain_text("learning_rate")
-    expect(page.get_by_test_id("config")).to_contain_text("standard LoRA rate")
+    expect(page.get_by_test_id("config")).to_contain_text("LoRA rate")
     expect(page.get_by_test_id("events")).to_contain_text("finished")
     expect(page.get_by_test_id("detail-artifacts")).to_contain_text("adapter")
-    assert chart_points(page) >= 40
+    expect(page.get_by_test_id("answers-table")).to_be_visible()
+    assert chart_points(page) >= RunStore(server.home).list(status="completed")[0].step
     screenshot(page, "run-detail")
+
+
+def test_compare_two_runs(page, server):
+    store = RunStore(server.home)
+    runs = store.list(kind="train")
+    if len(runs) < 2:
+        pytest.skip("needs the runs of the training tests above")
+    page.goto("/runs")
+    compare = page.get_by_test_id("compare-runs")
+    expect(compare).to_be_disabled()
+    ticks = page.get_by_test_id("pick-run")
+    expect(ticks.nth(1)).to_be_visible()
+    ticks.nth(0).click()
+    ticks.nth(1).click()
+    expect(compare).to_be_enabled()
+    compare.click()
+    page.wait_for_url("**/runs/compare?a=*")
+    expect(page.get_by_test_id("settings-diff")).to_contain_text("steps")  # 40 vs 5000
+    expect(page.get_by_test_id("compare-chart").locator(".recharts-line")).to_have_count(4, timeout=30_000)
+    expect(page.get_by_test_id("score-A")).not_to_be_empty()
+    screenshot(page, "compare")
 
 
 def test_resume_and_delete_from_detail(page, server):

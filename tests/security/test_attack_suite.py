@@ -31,7 +31,7 @@ from tests.security.rawws import ReflexSocket, http, multipart, upgrade
 pytestmark = pytest.mark.slow
 
 DATASET = "reflex___state____state.backpropagate_app___pages___dataset____dataset_state"
-TRAIN = "reflex___state____state.backpropagate_app___pages___train____train_state"
+TRAIN = "reflex___state____state.backpropagate_app___pages___train___page____train_state"
 UPLOAD_HANDLER = DATASET + ".handle_upload"
 PAGES = ["/", "/dataset", "/train", "/multi-run", "/export", "/runs", "/runs/0123abcd", "/no-such-page",
          "/dataset?path=%2Fetc%2Fpasswd", "/404.html"]

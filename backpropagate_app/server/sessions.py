@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import jwt
 
-from backpropagate_app.limits import RateLimiter
+from backpropagate_app.server.limits import RateLimiter
 from backpropagate_core.serve.credentials import verify_password
 
 if TYPE_CHECKING:
-    from backpropagate_app.policy import Request
+    from backpropagate_app.server.policy import Request
 
 COOKIE = "bp_session"
 AUDIENCE = "backpropagate-ui"

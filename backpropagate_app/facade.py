@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backpropagate_app import limits
+from backpropagate_app.server import limits
 from backpropagate_core.model import presets
 from backpropagate_core.serve import sandbox
 from backpropagate_core.runs import worker
@@ -166,8 +166,8 @@ def start_export(run_id: str, fmt: str, quantization: str | None, checkpoint: st
 
 
 def chat_once(target: str, prompt: str, gguf: str | None, max_new_tokens: int) -> ChatAnswer:
-    """Greedy answers to one question from a run's adapter (or checkpoint folder) and, when
-    `gguf` is given, from that GGUF in llama.cpp; the engine helper keeps the model loaded
-    for the next question."""
+    """Greedy answers to one question from the base model, from a run's adapter (or
+    checkpoint folder) and, when `gguf` is given, from that GGUF in llama.cpp, side by side;
+    the engine helper keeps the model loaded for the next question."""
     return worker.chat_once(target, [{"role": "user", "content": prompt}], gguf=gguf,
-                            max_new_tokens=max_new_tokens, compare=gguf is not None)
+                            max_new_tokens=max_new_tokens, compare=gguf is not None, base=True)

@@ -28,6 +28,8 @@ FORM_FIELDS: list[tuple[str, str, type]] = [
 """(campaign setting, label, type) of the number fields on the page."""
 CAPTIONS: dict[str, str] = {
     **{key: _FIELDS[key].description for key, _label, _type in FORM_FIELDS},
+    "samples_per_run": "Examples per chunk, its validation slice included; leave it empty to share "
+                       "the dataset out evenly between the runs.",
     "replay_fraction": "Extra examples drawn from earlier chunks, as a share of each run's own "
                        "(0 = none, 0.1 = 10%).",
     "merge_mode": "slao merges the adapter after every run; sequential keeps training one adapter "
@@ -51,6 +53,7 @@ def default_form() -> dict[str, str]:
     defaults = {key: _FIELDS[key].default for key in _FIELDS}
     form = {key: f"{defaults[key]:g}" if kind is float else str(defaults[key])
             for key, _label, kind in FORM_FIELDS}
+    form["samples_per_run"] = ""  # the engine shares the dataset out between the runs
     return form | {"merge_mode": defaults["merge_mode"], "schedule": defaults["schedule"]}
 
 
@@ -64,6 +67,8 @@ def campaign_options(form: dict[str, str]) -> dict[str, Any]:
     problems = []
     for key, label, kind in FORM_FIELDS:
         text = (form.get(key) or "").strip()
+        if key == "samples_per_run" and not text:
+            continue
         try:
             number = float(text)
             if kind is int and not number.is_integer():

@@ -12,10 +12,10 @@ from __future__ import annotations
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
-from backpropagate_app import multirun_view as view
+from backpropagate_app import facade
+from backpropagate_app.pages.multirun import view
 from backpropagate_app.live import event_log, outcome, progress_block
-from backpropagate_app.multirun_state import CampaignRun, MultiRunState
+from backpropagate_app.pages.multirun.state import CampaignRun, MultiRunState
 from backpropagate_app.shell import Page, ShellState, layout
 
 S, C = MultiRunState, CampaignRun
@@ -43,11 +43,11 @@ def model_field() -> rx.Component:
             rx.select.content(
                 rx.foreach(S.presets, lambda p: rx.select.item(p["label"], value=p["value"])),
                 rx.select.separator(),
-                rx.select.item("Custom: hub id or local folder…", value=engine.CUSTOM_MODEL),
+                rx.select.item("Custom: hub id or local folder…", value=facade.CUSTOM_MODEL),
             ),
             value=S.model_choice, on_change=S.set_model_choice, disabled=C.active,
         ),
-        rx.cond(S.model_choice == engine.CUSTOM_MODEL,
+        rx.cond(S.model_choice == facade.CUSTOM_MODEL,
                 rx.input(placeholder="org/model-name or /path/to/model", value=S.custom_model,
                          on_change=S.set_custom_model, width="100%", data_testid="custom-model")),
         rx.text("Loaded once; every run trains the same LoRA adapter on it.", size="1", color_scheme="gray"),

@@ -7,9 +7,9 @@ from __future__ import annotations
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
-from backpropagate_app import export_view as view
-from backpropagate_app.export_cards import labelled, picker
+from backpropagate_app import facade
+from backpropagate_app.pages.export import view
+from backpropagate_app.pages.export.cards import labelled, picker
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.layout import RunDir
 
@@ -25,14 +25,14 @@ def answer(run_id: str, source: str, gguf_key: str, prompt: str) -> tuple[list[d
     if len(prompt) > MAX_PROMPT:
         raise BackpropError("INPUT_EXPORT_OPTION_INVALID", f"the question is {len(prompt)} characters; "
                                                            f"the limit is {MAX_PROMPT}")
-    run = engine.store().get(run_id)
+    run = facade.store().get(run_id)
     target = run.id
     if source != view.FINAL:
         if source not in {o["value"] for o in view.source_options(run)}:
             raise BackpropError("INPUT_EXPORT_SOURCE_INVALID", f"{source!r} is not a checkpoint of this run")
         target = str(RunDir(run.run_dir).checkpoint(source))
     gguf = view.gguf_path(run.summary, gguf_key)  # a key of the run's exports, never a browser path
-    out = engine.chat_once(target, prompt, gguf, CHAT_TOKENS)
+    out = facade.chat_once(target, prompt, gguf, CHAT_TOKENS)
     return view.chat_view(out.model_dump(), gguf_key if gguf else "")
 
 

@@ -7,11 +7,11 @@ import asyncio
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
+from backpropagate_app import facade
 from backpropagate_app.display import EMPTY_RUN_VIEW, error_view, unexpected_error
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
-from backpropagate_app.train_form import (FORM_FIELDS, MemoryFacts, default_captions, field_captions,
+from backpropagate_app.pages.train.form import (FORM_FIELDS, MemoryFacts, default_captions, field_captions,
                                           form_overrides, memory_line, merge_plan, plan_captions, plan_values)
 from backpropagate_core.errors import BackpropError
 
@@ -19,7 +19,7 @@ from backpropagate_core.errors import BackpropError
 def run_to_show(current: str) -> str:
     """The newest active run if there is one (started here, in another tab or from the
     CLI), else the run already shown, else the newest training run."""
-    runs = engine.store().list(kind="train", limit=20)
+    runs = facade.store().list(kind="train", limit=20)
     active = [r for r in runs if r.active]
     if active:
         return active[0].id
@@ -67,12 +67,12 @@ class TrainState(rx.State):
 
     @rx.event
     def load(self):
-        self.presets = engine.preset_options()
-        self.datasets = engine.workspace_files()
+        self.presets = facade.preset_options()
+        self.datasets = facade.workspace_files()
         if not self.model_choice:
-            model = engine.default_model()
+            model = facade.default_model()
             preset_names = {p["value"] for p in self.presets}
-            self.model_choice = model if model in preset_names else engine.CUSTOM_MODEL
+            self.model_choice = model if model in preset_names else facade.CUSTOM_MODEL
             self.custom_model = "" if model in preset_names else model
         wanted = self.router.url.query_parameters.get("data", "")
         if wanted:
@@ -92,7 +92,7 @@ class TrainState(rx.State):
     @rx.var
     def memory_note(self) -> str:
         try:
-            model = engine.model_spec(self.model_choice, self.custom_model)
+            model = facade.model_spec(self.model_choice, self.custom_model)
         except BackpropError:
             return ""
         return memory_line(model, self.form, self.planned, self.plan_facts)
@@ -103,7 +103,7 @@ class TrainState(rx.State):
         newest request may publish, and the spinner stops even if this task is cancelled."""
         async with self:
             try:
-                model = engine.model_spec(self.model_choice, self.custom_model)
+                model = facade.model_spec(self.model_choice, self.custom_model)
             except BackpropError:
                 return
             data = self.dataset_path
@@ -114,7 +114,7 @@ class TrainState(rx.State):
             self.planning, self.plan_error = True, {}
         values, captions, facts, error = None, None, MemoryFacts(), {}
         try:
-            plan = await asyncio.to_thread(engine.plan, model, data)
+            plan = await asyncio.to_thread(facade.plan, model, data)
             values, captions, facts = plan_values(plan), plan_captions(plan), MemoryFacts.of(plan)
         except BackpropError as err:
             error = error_view(err)
@@ -131,7 +131,7 @@ class TrainState(rx.State):
     @rx.event
     def set_model_choice(self, value: str):
         self.model_choice = value
-        if value != engine.CUSTOM_MODEL:
+        if value != facade.CUSTOM_MODEL:
             return TrainState.refresh_plan
 
     @rx.event
@@ -164,11 +164,11 @@ class TrainState(rx.State):
             form, planned, name, data = dict(self.form), dict(self.planned), self.run_name, self.dataset_path
             choice, custom = self.model_choice, self.custom_model
         try:
-            model = engine.model_spec(choice, custom)
+            model = facade.model_spec(choice, custom)
             if not data:
                 raise BackpropError("INPUT_DATASET_NOT_FOUND", "no dataset chosen",
                                     hint="Pick a dataset, or upload one on the Dataset page.")
-            run_id = await asyncio.to_thread(engine.start_run, model, data, name,
+            run_id = await asyncio.to_thread(facade.start_run, model, data, name,
                                              form_overrides(form, planned))
             error = {}
         except BackpropError as err:
@@ -188,7 +188,7 @@ class TrainState(rx.State):
         async with self:
             run_id, self.stopping = (await self.get_state(TrainRun)).run_id, True
         try:
-            await asyncio.to_thread(engine.cancel_run, run_id)
+            await asyncio.to_thread(facade.cancel_run, run_id)
         except BackpropError as err:
             async with self:
                 self.start_error = error_view(err)
@@ -213,12 +213,12 @@ def model_picker() -> rx.Component:
             rx.select.content(
                 rx.foreach(S.presets, lambda p: rx.select.item(p["label"], value=p["value"])),
                 rx.select.separator(),
-                rx.select.item("Custom: hub id or local folder…", value=engine.CUSTOM_MODEL),
+                rx.select.item("Custom: hub id or local folder…", value=facade.CUSTOM_MODEL),
             ),
             value=S.model_choice, on_change=S.set_model_choice, disabled=TrainRun.active,
         ),
         rx.cond(
-            S.model_choice == engine.CUSTOM_MODEL,
+            S.model_choice == facade.CUSTOM_MODEL,
             rx.input(placeholder="org/model-name or /path/to/model", value=S.custom_model,
                      on_change=S.set_custom_model, on_blur=S.custom_model_done,
                      width="100%", data_testid="custom-model"),

@@ -20,10 +20,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, quote
 
-from backpropagate_app.limits import RateLimiter
-from backpropagate_app.login import login_page
-from backpropagate_app.policy import Request, allowed_hosts, host_origin_problem, safe_next, secure_headers
-from backpropagate_app.sessions import COOKIE, Session, Sessions
+from backpropagate_app.server.limits import RateLimiter
+from backpropagate_app.server.login import login_page
+from backpropagate_app.server.policy import Request, allowed_hosts, host_origin_problem, safe_next, secure_headers
+from backpropagate_app.server.sessions import COOKIE, Session, Sessions
 from backpropagate_core.serve.credentials import GATE_FILE_ENV, read_gate_file
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}

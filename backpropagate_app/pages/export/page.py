@@ -13,11 +13,11 @@ import time
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
-from backpropagate_app import export_view as view
+from backpropagate_app import facade
+from backpropagate_app.pages.export import view
 from backpropagate_app.display import error_view, unexpected_error
-from backpropagate_app.export_cards import files_card, format_card, progress_card, result_card, source_card
-from backpropagate_app.export_chat import answer, chat_card
+from backpropagate_app.pages.export.cards import files_card, format_card, progress_card, result_card, source_card
+from backpropagate_app.pages.export.chat import answer, chat_card
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
 
@@ -31,13 +31,13 @@ _chat_slot = asyncio.Semaphore(1)
 
 def read_job(follow: view.ExportFollow) -> dict:
     """The view of the training run's newest export run, read from the store."""
-    return follow.read(engine.store())
+    return follow.read(facade.store())
 
 
 def launch(run_id: str, source: str, fmt: str, quantization: str, dtype: str, ollama_name: str) -> str:
     """Start the export worker; returns the export run's id."""
     quant = {"gguf": quantization, "merged": None if dtype == "auto" else dtype}.get(fmt)
-    return engine.start_export(run_id, fmt, quant, None if source == view.FINAL else source,
+    return facade.start_export(run_id, fmt, quant, None if source == view.FINAL else source,
                                ollama_name.strip() or None)
 
 
@@ -85,9 +85,9 @@ class ExportState(rx.State):
 
     @rx.event
     def load(self):
-        self.ollama_host, self.load_error = engine.settings().ollama_host, {}
+        self.ollama_host, self.load_error = facade.settings().ollama_host, {}
         try:
-            self.runs = view.exportable_runs(engine.store())
+            self.runs = view.exportable_runs(facade.store())
         except Exception as exc:  # noqa: BLE001 - the UI's outer edge
             self.runs, self.load_error = [], unexpected_error(exc)
         ids = [r["value"] for r in self.runs]
@@ -105,7 +105,7 @@ class ExportState(rx.State):
             self.sources, self.files, self.ggufs = [], [], []
             return
         try:
-            info = view.run_info(engine.store(), self.run_id)
+            info = view.run_info(facade.store(), self.run_id)
         except BackpropError as err:
             self.load_error = error_view(err)
             return

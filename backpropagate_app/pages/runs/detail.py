@@ -9,9 +9,9 @@ from collections import deque
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
+from backpropagate_app import facade
 from backpropagate_app.display import config_rows, error_view, event_rows, unexpected_error
-from backpropagate_app.export_view import export_run_rows
+from backpropagate_app.pages.export.view import export_run_rows
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
@@ -37,7 +37,7 @@ class RunDetails:
     def poll(self) -> dict | None:
         """{config, events, kind, active, parent, exports} when something changed since the
         last poll, else None; raises STATE_RUN_NOT_FOUND once the run is deleted."""
-        store = engine.store()
+        store = facade.store()
         run = store.get(self.run_id)
         new = store.events(run.id, after_id=self.after_id)
         # An export records its events on its own run, so the list is read every poll.
@@ -70,7 +70,7 @@ class RunDetailState(RunView, rx.State):
     def _route_run_id(self) -> str:
         key = self.router.page.params.get("run_key") or self.router.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
-            return engine.store().get(key).id
+            return facade.store().get(key).id
         except BackpropError:
             return ""
 
@@ -113,7 +113,7 @@ class RunDetailState(RunView, rx.State):
         async with self:
             run_id, self.action_error = self.run_id, {}
         try:
-            await asyncio.to_thread(engine.resume_run, run_id)
+            await asyncio.to_thread(facade.resume_run, run_id)
         except BackpropError as err:
             async with self:
                 self.action_error = error_view(err)
@@ -125,7 +125,7 @@ class RunDetailState(RunView, rx.State):
     @rx.event
     def delete(self):
         try:
-            engine.store().delete(self.run_id)
+            facade.store().delete(self.run_id)
         except BackpropError as err:
             self.confirm_delete, self.action_error = False, error_view(err)
             return

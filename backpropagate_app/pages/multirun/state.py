@@ -14,8 +14,8 @@ from typing import Any
 
 import reflex as rx
 
-from backpropagate_app import engine
-from backpropagate_app import multirun_view as view
+from backpropagate_app import facade
+from backpropagate_app.pages.multirun import view
 from backpropagate_app.live import RunView
 from backpropagate_app.poller import Poller
 from backpropagate_app.tasks import attempt
@@ -34,7 +34,7 @@ def campaign_to_show(current: str, pinned: bool) -> str:
     """The campaign someone picked (`pinned`), else the newest active campaign (started
     here, in another tab or from the CLI), else the one shown if it still exists, else
     the newest."""
-    store = engine.store()
+    store = facade.store()
     if pinned and current:
         try:
             return store.get(current).id
@@ -50,20 +50,20 @@ def campaign_to_show(current: str, pinned: bool) -> str:
 
 
 def list_campaigns() -> list[dict[str, str]]:
-    return [view.campaign_option(r.to_dict()) for r in engine.store().list(kind=KIND, limit=100)]
+    return [view.campaign_option(r.to_dict()) for r in facade.store().list(kind=KIND, limit=100)]
 
 
 def launch(choice: str, custom: str, data: str, name: str, form: dict[str, str], fresh: bool) -> str:
     """Check the form and start a campaign's worker; returns its run id."""
-    model = engine.model_spec(choice, custom)
+    model = facade.model_spec(choice, custom)
     if not data:
         raise BackpropError("INPUT_DATASET_NOT_FOUND", "no dataset chosen",
                             hint="Pick a dataset, or upload one on the Dataset page.")
-    return engine.start_multi_run(model, data, name, fresh, view.campaign_options(form))
+    return facade.start_multi_run(model, data, name, fresh, view.campaign_options(form))
 
 
 def read_comparison(a: str, b: str) -> dict:
-    store = engine.store()
+    store = facade.store()
     runs = [store.get(run_id) for run_id in (a, b)]
     steps = [[e for _, e in store.events(r.id, types=("step",))] for r in runs]
     return view.comparison(runs[0].to_dict(), runs[1].to_dict(), *steps)
@@ -133,12 +133,12 @@ class MultiRunState(rx.State):
 
     @rx.event
     def load(self):
-        self.presets = engine.preset_options()
-        self.datasets = engine.workspace_files()
+        self.presets = facade.preset_options()
+        self.datasets = facade.workspace_files()
         if not self.model_choice:
-            model = engine.default_model()
+            model = facade.default_model()
             names = {p["value"] for p in self.presets}
-            self.model_choice = model if model in names else engine.CUSTOM_MODEL
+            self.model_choice = model if model in names else facade.CUSTOM_MODEL
             self.custom_model = "" if model in names else model
         if not self.dataset_path and self.datasets:
             self.dataset_path = self.datasets[0]["path"]
@@ -218,7 +218,7 @@ class MultiRunState(rx.State):
     async def stop(self):
         async with self:
             run_id, self.stopping = (await self.get_state(CampaignRun)).run_id, True
-        _, error = await attempt(engine.cancel_run, run_id)
+        _, error = await attempt(facade.cancel_run, run_id)
         if error:
             async with self:
                 self.start_error = error
@@ -236,7 +236,7 @@ class MultiRunState(rx.State):
         async with self:
             run_id = (await self.get_state(CampaignRun)).run_id
             self.start_error = {}
-        _, error = await attempt(engine.resume_run, run_id)
+        _, error = await attempt(facade.resume_run, run_id)
         if error:
             async with self:
                 self.start_error = error

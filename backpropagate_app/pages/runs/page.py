@@ -8,7 +8,7 @@ import asyncio
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import engine
+from backpropagate_app import facade
 from backpropagate_app.display import run_row, sparkline, unexpected_error
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.runs.store import STATUSES
@@ -27,7 +27,7 @@ class SparkCache:
     def get(self, run) -> list[dict]:
         step, after, losses = self._cache.get(run.id, (-1, 0, []))
         if run.step != step:
-            new = engine.store().events(run.id, after_id=after, types=("step",))
+            new = facade.store().events(run.id, after_id=after, types=("step",))
             if new:
                 after, losses = new[-1][0], losses + [e.get("loss") for _i, e in new]
             self._cache[run.id] = (run.step, after, losses)
@@ -35,7 +35,7 @@ class SparkCache:
 
 
 def read_rows(status: str, sparks: SparkCache, kind: str | None = None) -> list[dict]:
-    runs = engine.store().list(status=None if status == ALL else status, kind=kind, limit=LIMIT,
+    runs = facade.store().list(status=None if status == ALL else status, kind=kind, limit=LIMIT,
                                top_level=True)
     return [run_row(r.to_dict(), sparks.get(r)) for r in runs]
 
@@ -44,6 +44,18 @@ class RunsState(rx.State):
     status_filter: str = ALL
     rows: list[dict] = []
     error: dict[str, str] = {}
+    picked: list[str] = []
+    """Runs ticked for comparison, oldest tick first; at most two."""
+
+    @rx.event
+    def toggle(self, run_id: str, on: bool):
+        kept = [r for r in self.picked if r != run_id]
+        self.picked = (kept + [run_id])[-2:] if on else kept
+
+    @rx.event
+    def compare(self):
+        if len(self.picked) == 2:
+            return rx.redirect(f"/runs/compare?a={self.picked[0]}&b={self.picked[1]}")
 
     @rx.event(background=True)
     async def watch(self):
@@ -69,10 +81,15 @@ class RunsState(rx.State):
         self.rows = read_rows(value, SparkCache())
 
 
-def runs_table(rows: rx.Var, empty_text: str) -> rx.Component:
-    """The runs table; used by the Runs page and, filtered, by the Multi-Run and Export pages."""
+def runs_table(rows: rx.Var, empty_text: str, picked: rx.Var | None = None, on_pick=None) -> rx.Component:
+    """The runs table; used by the Runs page (with a tick box per run to compare two) and,
+    filtered, by the Multi-Run and Export pages."""
     def row(r) -> rx.Component:
+        tick = [rx.table.cell(rx.checkbox(checked=picked.contains(r["id"]),
+                                          on_change=lambda on: on_pick(r["id"], on),
+                                          data_testid="pick-run"))] if on_pick is not None else []
         return rx.table.row(
+            *tick,
             rx.table.cell(rx.link(r["name"], href="/runs/" + r["id"].to(str), weight="bold"),
                           rx.text(r["short_id"], size="1", color_scheme="gray")),
             rx.table.cell(ui.status_badge(r["status"])),
@@ -82,11 +99,13 @@ def runs_table(rows: rx.Var, empty_text: str) -> rx.Component:
             rx.table.cell(r["duration"]),
             rx.table.cell(r["progress"]),
             rx.table.cell(r["loss"]),
+            rx.table.cell(rx.text(r["learned"], data_testid="learned"), title=r["learned_note"]),
             rx.table.cell(ui.spark(r["spark"])),
             data_testid="run-row", data_status=r["status"],
         )
 
-    headers = ["Run", "Status", "Model", "Dataset", "Started", "Duration", "Steps", "Loss", "Curve"]
+    headers = [*([""] if on_pick is not None else []),
+               "Run", "Status", "Model", "Dataset", "Started", "Duration", "Steps", "Loss", "Learned", "Curve"]
     return rx.cond(
         rows.length() > 0,
         rx.box(
@@ -112,10 +131,14 @@ def runs_page() -> rx.Component:
                 rx.select.content(*[rx.select.item(s, value=s) for s in (ALL, *STATUSES)]),
                 value=S.status_filter, on_change=S.set_filter,
             ),
-            align="center",
+            rx.spacer(),
+            rx.button("Compare", on_click=S.compare, disabled=S.picked.length() != 2,
+                      data_testid="compare-runs"),
+            rx.text("Tick two runs to compare them.", size="1", color_scheme="gray"),
+            align="center", width="100%",
         ),
         ui.error_callout(S.error),
-        runs_table(S.rows, "No runs match. Start one on the Train page."),
+        runs_table(S.rows, "No runs match. Start one on the Train page.", S.picked, S.toggle),
     )
 
 

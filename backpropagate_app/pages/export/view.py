@@ -350,7 +350,8 @@ def _run_label(result: dict) -> str:
 
 # ---- chat --------------------------------------------------------------------------------------
 
-ENGINE_LABELS = {"transformers": "Fine-tuned model (transformers)", "llama.cpp": "GGUF (llama.cpp)"}
+ENGINE_LABELS = {"base": "Base model (no adapter)", "transformers": "Fine-tuned model (transformers)",
+                 "llama.cpp": "GGUF (llama.cpp)"}
 
 
 def chat_view(out: dict, gguf_label: str = "") -> tuple[list[dict[str, str]], str]:
