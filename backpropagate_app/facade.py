@@ -10,6 +10,7 @@ event loop stays free.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from backpropagate_app.server import limits
@@ -75,13 +76,17 @@ def uploads_dir() -> Path:
 
 
 def workspace_path(path: str) -> str:
-    """`path` if it lies in the workspace (uploads or the repository's examples), resolved;
-    INPUT_PATH_FORBIDDEN otherwise. The browser sends paths, so they are never trusted."""
-    for root in (uploads_dir(), EXAMPLES_DIR):
+    """`path` if it names a dataset file in the workspace, resolved; INPUT_PATH_FORBIDDEN
+    otherwise. The browser sends paths, so they are never trusted: only a regular file (no
+    folder, which `datasets` metadata inside could point anywhere, and no symlink) directly
+    in the uploads folder or anywhere in the repository's examples."""
+    for root, direct in ((uploads_dir(), True), (EXAMPLES_DIR, False)):
         try:
-            return str(sandbox.inside(root, path))
+            sandbox.inside(root, path)
         except BackpropError:
             continue
+        if os.path.lexists(Path(root) / Path(path).expanduser()):  # a dangling link is there too
+            return str(sandbox.dataset_file(root, path, direct=direct))
     raise BackpropError("INPUT_PATH_FORBIDDEN", f"{path!r} is not in the workspace (uploads or examples)",
                         hint="Pick a file from the list, or upload it on the Dataset page.")
 

@@ -105,14 +105,17 @@ def header() -> rx.Component:
 
 
 def sign_out() -> list[rx.Component]:
-    """A sign-out link when the server was started with a login. The gate, not the app's
-    router, answers /logout, so the link reloads the document instead of routing inside."""
+    """A sign-out button when the server was started with a login: a plain HTML form that
+    POSTs /logout (the gate answers it, and a GET cannot sign anyone out), so the browser
+    loads the login page the gate redirects to."""
     if not gate.login_enabled():
         return []
-    return [rx.el.a(rx.hstack(rx.icon("log-out", size=14), rx.text("Sign out", size="2"), align="center",
-                              spacing="1"),
-                    href="/logout", reload_document=True, data_testid="sign-out", style={"color": rx.color("gray", 11),
-                                                                    "margin_left": "1.25em"})]
+    button = rx.el.button(rx.hstack(rx.icon("log-out", size=14), rx.text("Sign out", size="2"), align="center",
+                                    spacing="1"),
+                          type="submit", data_testid="sign-out",
+                          style={"color": rx.color("gray", 11), "background": "none", "border": "none",
+                                 "cursor": "pointer"})
+    return [rx.el.form(button, method="post", action="/logout", style={"margin_left": "1.25em"})]
 
 
 def nav(active: str) -> rx.Component:

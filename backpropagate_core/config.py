@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backpropagate_core.errors import BackpropError
 
@@ -93,10 +93,22 @@ class SecuritySettings(BaseModel):
         description="Extra Host names the UI answers to (e.g. a LAN name like box.local:7862); loopback and the tunnel are added.")
 
 
+ENV_ONLY = {"security": None, "training": {"trust_remote_code"}}
+"""Settings a `.env` file may not set (None: the whole section): a `.env` lies in whatever
+folder the command runs in, a cloned repository's among them, and could otherwise turn the
+login off, forge session cookies or run a model repo's code. They come from real
+environment variables or flags only."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BACKPROPAGATE_", env_nested_delimiter="__", env_file=".env",
         extra="ignore", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, env_settings, _WithoutEnvOnly(settings_cls, dotenv_settings), file_secret_settings
 
     home: Path = Field(Path("~/.backpropagate"), description="Run store and run folders live here.")
     model: str = Field(DEFAULT_MODEL, description="Default model preset, local path or hub id.")
@@ -129,6 +141,40 @@ class Settings(BaseSettings):
         self.home = Path(self.home).expanduser()
         self.ui.output_dir = Path(self.ui.output_dir).expanduser()
         return self
+
+
+class _WithoutEnvOnly(PydanticBaseSettingsSource):
+    """The `.env` file's values, less the `ENV_ONLY` settings (logged once as ignored)."""
+
+    warned = False
+
+    def __init__(self, settings_cls, dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.dotenv = dotenv
+
+    def get_field_value(self, field, field_name):  # unused: __call__ is overridden
+        return None, field_name, False
+
+    def __call__(self) -> dict:
+        values = dict(self.dotenv())
+        dropped = []
+        for section, keys in ENV_ONLY.items():
+            if section not in values:
+                continue
+            if keys is None:
+                dropped += [f"{section}.*"]
+                values.pop(section)
+            elif isinstance(values[section], dict):
+                dropped += [f"{section}.{k}" for k in keys if k in values[section]]
+                values[section] = {k: v for k, v in values[section].items() if k not in keys}
+        if dropped and not _WithoutEnvOnly.warned:
+            _WithoutEnvOnly.warned = True
+            import logging
+
+            logging.getLogger("backpropagate").warning(
+                "ignored %s from .env: security settings come from real environment variables only",
+                ", ".join(dropped))
+        return values
 
 
 def describe_validation(err: ValidationError) -> str:

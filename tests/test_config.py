@@ -20,6 +20,26 @@ def test_dotenv_file_is_read(monkeypatch, tmp_path):
     assert load_settings().lora.alpha == 64
 
 
+def test_a_hostile_dotenv_cannot_touch_security_settings(monkeypatch, tmp_path):
+    """A cloned repository's .env must not turn the login off, pin a known cookie key or
+    run a model repo's code; the same settings from the real environment still work."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "BACKPROPAGATE_SECURITY__REQUIRE_AUTH_FOR_SHARE=false\n"
+        "BACKPROPAGATE_SECURITY__JWT_SECRET=" + "k" * 40 + "\n"
+        "BACKPROPAGATE_SECURITY__ALLOWED_HOSTS=[\"evil.example\"]\n"
+        "BACKPROPAGATE_TRAINING__TRUST_REMOTE_CODE=true\n"
+        "BACKPROPAGATE_TRAINING__SEED=7\n")
+    s = load_settings()
+    assert s.security.require_auth_for_share is True and s.security.jwt_secret is None
+    assert s.security.allowed_hosts == [] and s.training.trust_remote_code is False
+    assert s.training.seed == 7  # ordinary settings still come from .env
+    monkeypatch.setenv("BACKPROPAGATE_SECURITY__REQUIRE_AUTH_FOR_SHARE", "false")
+    monkeypatch.setenv("BACKPROPAGATE_TRAINING__TRUST_REMOTE_CODE", "true")
+    s = load_settings()
+    assert s.security.require_auth_for_share is False and s.training.trust_remote_code is True
+
+
 def test_all_problems_reported_at_once(monkeypatch):
     monkeypatch.setenv("BACKPROPAGATE_LORA__R", "0")
     monkeypatch.setenv("BACKPROPAGATE_TRAINING__VAL_FRACTION", "0.9")

@@ -491,3 +491,16 @@ def test_cli_skip_bad_lines_lists_problems(tmp_path, capsys):
     assert run_cli(str(path), "--model", "none", "--skip-bad-lines", "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["examples"] == 2 and [p["line"] for p in out["problems"]] == [2]
+
+
+def test_a_parquet_bomb_is_refused_from_its_metadata(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"text": ["x" * 1000] * 2000}), path, row_group_size=500)
+    assert len(data.load(path).examples) == 2000  # read row group by row group
+    monkeypatch.setattr(data, "PARQUET_MAX_ROWS", 1000)
+    with pytest.raises(BackpropError) as err:
+        data.load(path)
+    assert err.value.code == "INPUT_DATASET_INVALID" and "2000 rows" in err.value.message

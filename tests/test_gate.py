@@ -145,7 +145,7 @@ def test_right_login_sets_strict_httponly_cookie_and_reaches_app():
 
 
 def test_cookie_is_secure_behind_https_tunnel():
-    gate, _ = make(trust_proxy=True)
+    gate, _ = make(proxy="cloudflared")
     _, headers, _ = request(gate, "/login", "POST", {"x-forwarded-proto": "https"},
                             f"user=alice&password={PASSWORD}".encode(), client="127.0.0.1")
     assert "; Secure" in headers["set-cookie"]
@@ -174,7 +174,7 @@ def test_login_rate_limit_per_client_then_429():
 
 
 def test_tunnel_clients_are_told_apart_by_forwarded_ip():
-    gate, _ = make(trust_proxy=True)
+    gate, _ = make(proxy="cloudflared")
     for _ in range(5):
         request(gate, "/login", "POST", {"cf-connecting-ip": "1.1.1.1"}, b"user=a&password=b", client="127.0.0.1")
     assert request(gate, "/login", "POST", {"cf-connecting-ip": "1.1.1.1"}, b"user=a&password=b",
@@ -185,21 +185,37 @@ def test_tunnel_clients_are_told_apart_by_forwarded_ip():
 
 def test_forged_expired_and_foreign_tokens_are_refused():
     gate, app = make()
+    key = gate.config.signing_key  # the claims are checked even when the signature is right
     now = int(time.time())
     good = {"sub": "alice", "jti": "j1", "iat": now, "exp": now + 600, "aud": "backpropagate-ui"}
     forged = [
         jwt.encode(good, "wrong-key-" * 4, algorithm="HS256"),
-        jwt.encode({**good, "exp": now - 10}, "s" * 40, algorithm="HS256"),
-        jwt.encode({**good, "sub": "mallory"}, "s" * 40, algorithm="HS256"),
-        jwt.encode({**good, "aud": "other"}, "s" * 40, algorithm="HS256"),
-        jwt.encode({k: v for k, v in good.items() if k != "jti"}, "s" * 40, algorithm="HS256"),
+        jwt.encode(good, "s" * 40, algorithm="HS256"),  # the raw secret alone is not the key
+        jwt.encode({**good, "exp": now - 10}, key, algorithm="HS256"),
+        jwt.encode({**good, "sub": "mallory"}, key, algorithm="HS256"),
+        jwt.encode({**good, "aud": "other"}, key, algorithm="HS256"),
+        jwt.encode({k: v for k, v in good.items() if k != "jti"}, key, algorithm="HS256"),
         jwt.encode(good, None, algorithm="none"),
-        jwt.encode(good, "s" * 40, algorithm="HS256")[:-3] + "AAA",
+        jwt.encode(good, key, algorithm="HS256")[:-3] + "AAA",
         "not-a-jwt",
     ]
     for token in forged:
         assert request(gate, "/_health", headers={"cookie": f"{COOKIE}={token}"})[0] == 401
     assert app.reached == []
+    assert request(gate, "/_health", headers={"cookie": f"{COOKIE}={jwt.encode(good, key, algorithm='HS256')}"})[0] == 200
+
+
+def test_a_password_change_or_a_restart_ends_every_session():
+    gate, _ = make()
+    token = login(gate)
+    assert request(gate, "/_health", headers={"cookie": f"{COOKIE}={token}"})[0] == 200
+    new_password = Gate(TinyApp(), GateConfig(user="alice", password_hash=hash_password("another long password"),
+                                              secret="s" * 40))
+    assert request(new_password, "/_health", headers={"cookie": f"{COOKIE}={token}"})[0] == 401
+    restarted = Gate(TinyApp(), GateConfig(user="alice", password_hash=gate.config.password_hash))
+    assert request(restarted, "/_health", headers={"cookie": f"{COOKIE}={token}"})[0] == 401  # a new secret
+    pinned = Gate(TinyApp(), GateConfig(user="alice", password_hash=gate.config.password_hash, secret="s" * 40))
+    assert request(pinned, "/_health", headers={"cookie": f"{COOKIE}={token}"})[0] == 200  # pinned on purpose
 
 
 def test_basic_auth_for_scripts():
@@ -215,7 +231,10 @@ def test_basic_auth_for_scripts():
 def test_logout_clears_cookie_and_revokes_session():
     gate, _ = make()
     token = login(gate)
-    status, headers, _ = request(gate, "/logout", headers={"cookie": f"{COOKIE}={token}"})
+    # A GET (an <img src=/logout> on another site) signs nobody out.
+    assert request(gate, "/logout", headers={"cookie": f"{COOKIE}={token}"})[0] == 405
+    assert request(gate, "/_health", headers={"cookie": f"{COOKIE}={token}"})[0] == 200
+    status, headers, _ = request(gate, "/logout", "POST", headers={"cookie": f"{COOKIE}={token}"})
     assert status == 303 and headers["location"] == "/login" and "Max-Age=0" in headers["set-cookie"]
     # The old cookie no longer works even if a browser (or attacker) kept it.
     assert request(gate, "/_health", headers={"cookie": f"{COOKIE}={token}"})[0] == 401
@@ -395,11 +414,11 @@ def test_open_mode_websocket_passes_with_own_origin():
 
 def test_gate_config_from_gate_file(tmp_path, monkeypatch):
     from backpropagate_core.serve.credentials import Login, write_gate_file
-    path = write_gate_file(Login("alice", PASSWORD), hosts=["abc.trycloudflare.com"], trust_proxy=True,
+    path = write_gate_file(Login("alice", PASSWORD), hosts=["abc.trycloudflare.com"], proxy="cloudflared",
                            folder=tmp_path / "g")
     monkeypatch.setenv("BACKPROPAGATE_UI_GATE_FILE", str(path))
     config = GateConfig.from_env()
-    assert config.auth and config.user == "alice" and config.trust_proxy
+    assert config.auth and config.user == "alice" and config.proxy == "cloudflared"
     assert "abc.trycloudflare.com" in config.hosts and PASSWORD not in path.read_text()
     monkeypatch.setenv("BACKPROPAGATE_SECURITY__JWT_SECRET", "fixed-secret-so-logins-survive-restarts")
     assert GateConfig.from_env().secret == "fixed-secret-so-logins-survive-restarts"
@@ -414,3 +433,79 @@ def test_gate_config_from_gate_file(tmp_path, monkeypatch):
     monkeypatch.setenv("BACKPROPAGATE_UI_GATE_FILE", str(tmp_path / "missing.json"))
     with pytest.raises(OSError):
         GateConfig.from_env()
+
+
+# ---- behind a tunnel, and the limiter's rules ---------------------------------------------
+
+def _fail(gate, client, headers=None):
+    return request(gate, "/login", "POST", headers or {}, b"user=alice&password=nope", client=client)[0]
+
+
+def test_only_the_started_tunnels_own_client_header_is_believed():
+    # ngrok forwards a client-sent CF-Connecting-IP untouched: it must not name a new client.
+    gate, _ = make(proxy="ngrok")
+    for i in range(5):
+        assert _fail(gate, "127.0.0.1", {"cf-connecting-ip": f"9.9.9.{i}", "x-forwarded-for": "6.6.6.6"}) == 401
+    assert _fail(gate, "127.0.0.1", {"cf-connecting-ip": "9.9.9.99", "x-forwarded-for": "6.6.6.6"}) == 429
+    # ngrok appends the real client last; a client-sent first hop changes nothing.
+    assert _fail(gate, "127.0.0.1", {"x-forwarded-for": "1.2.3.4, 6.6.6.6"}) == 429
+    assert _fail(gate, "127.0.0.1", {"x-forwarded-for": "6.6.6.6, 7.7.7.7"}) == 401
+    # Without --share no forwarding header counts: every guess comes from the peer.
+    gate, _ = make()
+    for i in range(5):
+        _fail(gate, "127.0.0.1", {"cf-connecting-ip": f"8.8.8.{i}", "x-forwarded-for": f"5.5.5.{i}"})
+    assert _fail(gate, "127.0.0.1", {"cf-connecting-ip": "8.8.8.200"}) == 429
+
+
+def test_ipv6_clients_are_counted_by_their_64():
+    gate, _ = make()
+    for i in range(5):
+        _fail(gate, f"2001:db8:1:2::{i + 1:x}")
+    assert _fail(gate, "2001:db8:1:2:ffff::9") == 429
+    assert _fail(gate, "2001:db8:1:3::1") == 401
+
+
+def test_a_flood_of_failures_slows_them_down_but_never_locks_the_real_user_out(monkeypatch):
+    from backpropagate_app.server import sessions
+
+    monkeypatch.setattr(sessions, "SLOWDOWN_STEP_S", 0.001)
+    gate, _ = make()
+    for i in range(60):  # 60 clients, one guess each: more than the old global limit of 50
+        assert _fail(gate, f"10.9.{i // 250}.{i % 250}") == 401
+    assert gate.sessions.failure_delay() == pytest.approx(0.001 * (60 - sessions.SLOWDOWN_AFTER))
+    assert login(gate, client="10.8.0.1")  # the right password from a fresh client still works
+
+
+def test_a_client_over_its_limit_is_refused_even_with_the_right_password():
+    """The rule: after 5 failures from one client, its every attempt is 429 for the rest of
+    the minute, right or wrong; a success elsewhere resets nothing. Credentials this server
+    already verified (a script's Basic header, remembered 10 minutes) are not guesses and pass."""
+    gate, _ = make()
+    assert request(gate, "/x", headers={"authorization": basic("alice", PASSWORD)}, client="10.0.0.7")[0] == 200
+    for client in ("10.0.0.7", "10.0.0.8"):
+        for _ in range(5):
+            _fail(gate, client)
+    assert login(gate, client="10.0.0.9")  # someone else logs in: the two counts stay
+    assert request(gate, "/login", "POST", {}, f"user=alice&password={PASSWORD}".encode(), client="10.0.0.8")[0] == 429
+    assert request(gate, "/x", headers={"authorization": basic("alice", PASSWORD)}, client="10.0.0.8")[0] == 200
+    assert request(gate, "/x", headers={"authorization": basic("alice", "guess")}, client="10.0.0.7")[0] == 429
+
+
+@pytest.mark.parametrize("code", [*range(0x20), 0x7f])
+def test_next_with_any_control_character_stays_on_site(code):
+    gate, _ = make()
+    for raw in (f"/{chr(code)}/evil.example", f"/%{code:02X}/evil.example", f"/%25{code:02X}/evil.example"):
+        status, headers, body = request(gate, "/login", query=f"next={raw}".encode("latin-1"))
+        assert b"evil.example" not in body, (code, raw)
+    token = login(gate)
+    status, headers, _ = request(gate, "/login", query=b"next=/%09/evil.example",
+                                 headers={"cookie": f"{COOKIE}={token}"})
+    assert status == 303 and headers["location"] == "/"
+
+
+def test_hsts_on_https_only():
+    gate, _ = make(proxy="cloudflared")
+    _, plain, _ = request(gate, "/login")
+    _, tunnel, _ = request(gate, "/login", headers={"x-forwarded-proto": "https"}, client="127.0.0.1")
+    assert "strict-transport-security" not in plain
+    assert tunnel["strict-transport-security"].startswith("max-age=")

@@ -155,3 +155,57 @@ def test_sniff_rejects_empty_and_unknown_extension():
 def test_created_output_dir_is_private(tmp_path):
     made = sandbox.resolve_output_dir(tmp_path / "private", create=True)
     assert made.stat().st_mode & 0o077 == 0
+
+
+# ---- what the UI may load as a dataset ------------------------------------------------------
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """The app's uploads folder (under its output dir) with a dataset, a folder and links."""
+    monkeypatch.setenv("BACKPROPAGATE_UI__OUTPUT_DIR", str(tmp_path / "outputs"))
+    from backpropagate_app import facade
+
+    uploads = facade.uploads_dir()
+    secret = tmp_path / "private"
+    secret.mkdir()
+    (secret / "data.jsonl").write_text('{"text": "TOPSECRET"}\n')
+    (uploads / "mine.jsonl").write_text('{"text": "hello"}\n')
+    (uploads / "folder").mkdir()
+    (uploads / "folder" / "x.jsonl").write_text('{"text": "in a folder"}\n')
+    (uploads / "dataset_dict.json").write_text(json.dumps({"splits": [str(secret)]}))
+    (uploads / "link.jsonl").symlink_to(secret / "data.jsonl")
+    (uploads / "linked-folder").symlink_to(secret)
+    return facade, uploads
+
+
+def test_the_ui_loads_only_regular_files_directly_in_the_workspace(workspace):
+    facade, uploads = workspace
+    assert facade.workspace_path("mine.jsonl") == str(uploads / "mine.jsonl")
+    assert facade.workspace_path("formats/openai.jsonl").endswith("examples/formats/openai.jsonl")
+    for path in [".", str(uploads), "folder", "folder/x.jsonl", "dataset_dict.json", "link.jsonl",
+                 "linked-folder", "linked-folder/data.jsonl", "..", "missing.jsonl"]:
+        with pytest.raises(BackpropError) as err:
+            facade.workspace_path(path)
+        assert err.value.code == "INPUT_PATH_FORBIDDEN", path
+
+
+@pytest.mark.parametrize("name", ["state.json", "dataset_info.json", "Dataset_Dict.json"])
+def test_datasets_metadata_names_are_refused_as_uploads(name):
+    with pytest.raises(BackpropError) as err:
+        sandbox.sanitize_filename(name)
+    assert err.value.code == "INPUT_UPLOAD_INVALID"
+
+
+def test_folder_loading_never_follows_a_link(tmp_path):
+    from backpropagate_core.data.dataset import load
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jsonl").write_text('{"text": "TOPSECRET"}\n')
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "mine"}\n')
+    (folder / "train-link.jsonl").symlink_to(outside / "secret.jsonl")
+    (folder / "train-dir").symlink_to(outside)
+    loaded = load(folder)
+    assert [ex.text for ex in loaded.examples] == ["mine"]

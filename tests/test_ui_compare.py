@@ -33,3 +33,11 @@ def test_comparison_shows_what_differs_and_both_answers():
     (row,) = shown["answers"]
     assert row["a"] == "A king founded it." and row["b"] == "Ingrid Valcourt founded it."
     assert row["b_learned"] and not row["a_learned"]
+
+
+def test_answers_of_a_run_without_samples_still_show():
+    store = RunStore()
+    stopped = store.create_run(config={"model": "m"}, model="m", dataset="d")
+    b = record_run(store, "fast", 1e-3, [2.0, 1.2, 0.4], "Ingrid Valcourt founded it.", True, 1.0)
+    (row,) = comparison(store, stopped.id, b.id)["answers"]
+    assert row["a"] == "(not asked)" and row["b"] == "Ingrid Valcourt founded it."

@@ -12,6 +12,8 @@ websockets when their session logs out (`sessions`), and rate-limits logins and 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -41,20 +43,26 @@ class GateConfig:
     """Key that signs session JWTs (HS256)."""
     hosts: frozenset[str] = frozenset()
     """Host header values answered besides loopback:port and the server's own address:port."""
-    trust_proxy: bool = False
-    """Believe X-Forwarded-Proto / CF-Connecting-IP from loopback peers (the tunnel client)."""
+    proxy: str | None = None
+    """The tunnel client `--share` started ("cloudflared" or "ngrok"): only its client-address
+    header, and X-Forwarded-Proto, are believed, and only from loopback peers."""
     session_seconds: int = 12 * 3600
     max_upload_bytes: int = 200 << 20
     max_body_bytes: int = 1 << 20
     logins_per_minute: int = 5
-    """Failed logins per client per minute before 429."""
-    logins_per_minute_total: int = 50
-    """Failed logins from all clients together per minute before 429."""
+    """Failed logins per client (address, or IPv6 /64) per minute before 429."""
     uploads_per_minute: int = 20
 
     @property
     def auth(self) -> bool:
         return bool(self.user and self.password_hash)
+
+    @property
+    def signing_key(self) -> str:
+        """What signs session cookies: the secret bound to the password hash. A password
+        change ends every session; so does a restart, since each `backprop ui` start makes a
+        new secret, unless SECURITY__JWT_SECRET pins one on purpose."""
+        return hmac.new(self.secret.encode(), (self.password_hash or "").encode(), hashlib.sha256).hexdigest()
 
     @classmethod
     def from_env(cls) -> "GateConfig":
@@ -74,7 +82,7 @@ class GateConfig:
             config.user, config.password_hash = data.get("user"), data.get("password_hash")
             config.secret = settings.security.jwt_secret or data["secret"]
             config.hosts |= {h.lower() for h in data.get("hosts", [])}
-            config.trust_proxy = bool(data.get("trust_proxy"))
+            config.proxy = data.get("proxy")
             config.session_seconds = int(float(data.get("session_hours", 12)) * 3600)
         return config
 
@@ -91,13 +99,13 @@ class Gate:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        req = Request(scope, self.config.trust_proxy)
+        req = Request(scope, self.config.proxy)
         problem = host_origin_problem(req, allowed_hosts(self.config.hosts, scope))
         if problem:
             return await self._refuse(req, receive, send, *problem)
         if not req.websocket and req.path in ("/login", "/logout"):
             return await self._own_route(req, receive, send)
-        session, wait = self.sessions.authenticate(req)
+        session, wait = await self.sessions.authenticate(req)
         if session is None:
             return await self._unauthenticated(req, receive, send, wait)
         state_changing = req.websocket or req.method not in SAFE_METHODS
@@ -121,6 +129,9 @@ class Gate:
         if not self.config.auth:
             return await self._redirect(req, send, "/")
         if req.path == "/logout":
+            if req.method != "POST":  # a cross-site <img src=/logout> must not sign anyone out
+                return await self._respond(req, send, 405, b'{"error": "sign out with POST /logout"}\n',
+                                           "application/json", extra=[(b"allow", b"POST")])
             session = self.sessions.from_cookie(req.cookie(COOKIE))
             if session:
                 self.revoke(session.jti, session.expires or time.time())
@@ -141,7 +152,7 @@ class Gate:
             return await self._respond(req, send, 429, login_page(next_path, f"Too many attempts; wait {wait} s."),
                                        HTML, extra=[(b"retry-after", str(wait).encode())])
         user, password = form.get("user", [""])[0], form.get("password", [""])[0]
-        if body is None or not self.sessions.check_login(req, user, password):
+        if body is None or not await self.sessions.check_login(req, user, password):
             return await self._respond(req, send, 401, login_page(next_path, "Wrong user name or password."), HTML)
         token, _ = self.issue_token()
         await self._redirect(req, send, next_path,
@@ -197,7 +208,7 @@ class Gate:
                 return
             if message["type"] == "http.response.start":
                 started = True
-                message = {**message, "headers": secure_headers(req.host, message.get("headers", []))}
+                message = {**message, "headers": secure_headers(req.host, message.get("headers", []), req.https)}
             await send(message)
 
         await self.app(req.scope, counted_receive, guarded_send)
@@ -250,7 +261,7 @@ class Gate:
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
                    (b"cache-control", b"no-store"), *(extra or [])]
         await send({"type": "http.response.start", "status": status,
-                    "headers": secure_headers(req.host, headers)})
+                    "headers": secure_headers(req.host, headers, req.https)})
         await send({"type": "http.response.body", "body": b"" if req.method == "HEAD" else body})
 
     async def _redirect(self, req: Request, send, location: str, cookie: str | None = None) -> None:

@@ -7,7 +7,8 @@ Pure functions of the request; `gate.Gate` applies them.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import ipaddress
+from urllib.parse import unquote, urlsplit
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 CSP = ("default-src 'self'; "
@@ -26,13 +27,34 @@ _FIXED_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
 ]
-_OWN_HEADER_NAMES = {b"content-security-policy"} | {name for name, _ in _FIXED_HEADERS}
+_OWN_HEADER_NAMES = {b"content-security-policy", b"strict-transport-security"} | {
+    name for name, _ in _FIXED_HEADERS}
+
+
+CLIENT_HEADER = {"cloudflared": "cf-connecting-ip", "ngrok": "x-forwarded-for"}
+"""The one header each tunnel client sets to the real client's address. cloudflared
+overwrites CF-Connecting-IP; ngrok appends the client to X-Forwarded-For, so only its
+last hop is ngrok's own. Any other header is whatever the caller chose to send."""
+
+
+def client_key(address: str) -> str:
+    """Who to count for rate limits: the address, or its /64 for IPv6 (one machine or home
+    gets a whole /64, and would otherwise have 2^64 fresh identities)."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 class Request:
     """What the gate reads from an ASGI scope."""
 
-    def __init__(self, scope: dict, trust_proxy: bool) -> None:
+    def __init__(self, scope: dict, proxy: str | None) -> None:
         self.scope = scope
         self.websocket = scope["type"] == "websocket"
         self.method = scope.get("method", "GET").upper()
@@ -41,9 +63,11 @@ class Request:
         for name, value in scope.get("headers", []):
             self.headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
         peer = (scope.get("client") or ("", 0))[0] or ""
-        proxied = trust_proxy and peer in ("127.0.0.1", "::1")
-        forwarded = self.header("cf-connecting-ip") or (self.header("x-forwarded-for") or "").split(",")[-1].strip()
-        self.client = forwarded if proxied and forwarded else peer
+        # Only the tunnel client that `--share` started talks to us from loopback with the
+        # real address; believe exactly its header, and nothing when not sharing.
+        proxied = proxy in CLIENT_HEADER and peer in ("127.0.0.1", "::1")
+        forwarded = (self.header(CLIENT_HEADER[proxy]) or "").split(",")[-1].strip() if proxied else ""
+        self.client = client_key(forwarded if forwarded else peer)
         self.https = scope.get("scheme") in ("https", "wss") or (
             proxied and (self.header("x-forwarded-proto") or "").lower() == "https")
 
@@ -106,15 +130,31 @@ def host_origin_problem(req: Request, allowed: set[str]) -> tuple[int, str] | No
     return None
 
 
-def secure_headers(host: str, headers) -> list[tuple[bytes, bytes]]:
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+"""Sent on https only (the `--share` tunnel): browsers then never try the link over plain http."""
+
+
+def secure_headers(host: str, headers, https: bool = False) -> list[tuple[bytes, bytes]]:
     """`headers` with the gate's security headers in place of any the app set itself."""
     kept = [(k, v) for k, v in headers if k.lower() not in _OWN_HEADER_NAMES]
     ws = f"ws://{host} wss://{host}" if host else ""
-    return kept + _FIXED_HEADERS + [(b"content-security-policy", CSP.format(ws=ws).encode())]
+    return kept + _FIXED_HEADERS + [(b"content-security-policy", CSP.format(ws=ws).encode())] + \
+        ([HSTS] if https else [])
 
 
 def safe_next(target: str) -> str:
-    """Only same-site paths: no scheme, no host, no `//` or backslash tricks."""
-    if not target.startswith("/") or target.startswith(("//", "/\\")) or any(c in target for c in "\r\n\\"):
-        return "/"
+    """Only same-site paths: no scheme, no host, no `//`, backslash or control-character
+    tricks (browsers drop a TAB or newline inside a URL, so `/<TAB>/evil.example` would
+    become `//evil.example`), also once or twice percent-decoded."""
+    text = target
+    for _ in range(3):
+        if not _plain_path(text):
+            return "/"
+        text = unquote(text)
     return target
+
+
+def _plain_path(text: str) -> bool:
+    if not text.startswith("/") or text.startswith(("//", "/\\")):
+        return False
+    return not any(ord(c) < 0x20 or ord(c) == 0x7f or c == "\\" for c in text)

@@ -27,6 +27,9 @@ COOKIE = "bp_session"
 AUDIENCE = "backpropagate-ui"
 BASIC_REMEMBER_S = 600
 """How long good Basic credentials are remembered, so scripts do not pay scrypt per request."""
+SLOWDOWN_AFTER = 20
+"""Failed logins (all clients together, per minute) after which each further failure waits."""
+SLOWDOWN_STEP_S, SLOWDOWN_MAX_S = 0.25, 10.0
 
 
 class LoginSettings(Protocol):
@@ -35,9 +38,9 @@ class LoginSettings(Protocol):
     user: str | None
     password_hash: str | None
     secret: str
+    signing_key: str
     session_seconds: int
     logins_per_minute: int
-    logins_per_minute_total: int
 
     @property
     def auth(self) -> bool: ...
@@ -60,12 +63,14 @@ class Sessions:
     def __init__(self, config: LoginSettings) -> None:
         self.config = config
         self.login_limit = RateLimiter(config.logins_per_minute)
-        self.login_limit_total = RateLimiter(config.logins_per_minute_total)
+        # Failures against the one user from every client: they slow each further failure
+        # down rather than lock everyone out, so nobody can keep the real user from logging in.
+        self.failures = RateLimiter(10**9)
         self._revoked: dict[str, float] = {}
         self._sockets: dict[str, set[asyncio.Event]] = {}
         self._basic_ok: dict[bytes, float] = {}
 
-    def authenticate(self, req: "Request") -> tuple[Session | None, int]:
+    async def authenticate(self, req: "Request") -> tuple[Session | None, int]:
         """The caller's session, or (None, seconds to wait when login attempts are limited)."""
         if not self.config.auth:
             return Session("open", key=f"ip:{req.client}"), 0
@@ -74,7 +79,7 @@ class Sessions:
             return session, 0
         authorization = req.header("authorization") or ""
         if authorization[:6].lower() == "basic ":
-            return self._basic(req, authorization[6:].strip())
+            return await self._basic(req, authorization[6:].strip())
         return None, 0
 
     def from_cookie(self, token: str | None) -> Session | None:
@@ -82,7 +87,7 @@ class Sessions:
         if not token:
             return None
         try:
-            claims = jwt.decode(token, self.config.secret, algorithms=["HS256"], audience=AUDIENCE,
+            claims = jwt.decode(token, self.config.signing_key, algorithms=["HS256"], audience=AUDIENCE,
                                 options={"require": ["exp", "iat", "jti", "sub"]})
         except jwt.InvalidTokenError:
             return None
@@ -93,21 +98,34 @@ class Sessions:
         return Session("cookie", key=f"session:{claims['jti']}", jti=claims["jti"], expires=float(claims["exp"]))
 
     def login_wait(self, req: "Request") -> int:
-        return max(self.login_limit.retry_after(req.client), self.login_limit_total.retry_after("*"))
+        """Seconds this client must wait: after `logins_per_minute` failures from it (its
+        address, or its IPv6 /64), every login attempt of it, right or wrong, gets 429
+        until the minute has passed. A success never clears the count."""
+        return self.login_limit.retry_after(req.client)
 
-    def check_login(self, req: "Request", user: str, password: str) -> bool:
-        """Constant-time check of a login; a failure counts against the client's limit."""
+    async def check_login(self, req: "Request", user: str, password: str) -> bool:
+        """Constant-time check of a login, scrypt off the event loop; a failure counts
+        against the client's limit and, once failures pile up, waits a growing while."""
         user_ok = hmac.compare_digest(user.encode(), self.config.user.encode())
-        password_ok = verify_password(password, self.config.password_hash)
+        password_ok = await asyncio.to_thread(verify_password, password, self.config.password_hash)
         if user_ok and password_ok:
             return True
         self.login_limit.record(req.client)
-        self.login_limit_total.record("*")
+        self.failures.record("*")
+        await asyncio.sleep(self.failure_delay())
         return False
 
-    def _basic(self, req: "Request", encoded: str) -> tuple[Session | None, int]:
+    def failure_delay(self) -> float:
+        """How long a failed login waits now: nothing until SLOWDOWN_AFTER failures in the
+        last minute, then a quarter second more per failure, at most SLOWDOWN_MAX_S."""
+        hits = self.failures._hits.get("*") or ()
+        recent = sum(1 for t in hits if t > time.monotonic() - self.failures.window)
+        return min(SLOWDOWN_MAX_S, SLOWDOWN_STEP_S * max(0, recent - SLOWDOWN_AFTER))
+
+    async def _basic(self, req: "Request", encoded: str) -> tuple[Session | None, int]:
         # Scripts send Basic with every request; remember good credentials briefly so
-        # each request does not pay for scrypt again.
+        # each request does not pay for scrypt again. Remembered credentials are proven,
+        # not guessed, so they pass even while the client is over its failure limit.
         fingerprint = hmac.new(self.config.secret.encode(), encoded.encode(), hashlib.sha256).digest()
         if self._basic_ok.get(fingerprint, 0) > time.monotonic():
             return Session("basic", key="basic"), 0
@@ -118,7 +136,7 @@ class Sessions:
             user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             user, password = "", ""
-        if not self.check_login(req, user, password):
+        if not await self.check_login(req, user, password):
             return None, 0
         if len(self._basic_ok) > 1000:
             self._basic_ok.clear()
@@ -131,7 +149,7 @@ class Sessions:
         jti = secrets.token_urlsafe(16)
         claims = {"sub": self.config.user, "jti": jti, "iat": now, "aud": AUDIENCE,
                   "exp": now + self.config.session_seconds}
-        return jwt.encode(claims, self.config.secret, algorithm="HS256"), jti
+        return jwt.encode(claims, self.config.signing_key, algorithm="HS256"), jti
 
     def revoke(self, jti: str, expires: float) -> None:
         """End a session: its cookie stops working and its open websockets are closed."""

@@ -220,7 +220,7 @@ def serve_secured(host: str, port: int, settings, login, share: bool) -> int:
 
     env = ui_env(dict(os.environ))
     env.pop(credentials.PASSWORD_ENV, None)  # the server gets a hash, never the password
-    opened = None
+    opened, provider = None, None
     hosts = [*_own_hosts(host, port), *settings.security.allowed_hosts]
     if share:
         provider = tunnel.pick_provider()
@@ -230,7 +230,7 @@ def serve_secured(host: str, port: int, settings, login, share: bool) -> int:
         opened = provider.start(f"http://{'[' + local + ']' if ':' in local else local}:{port}")
         hosts.append(opened.host)
     gate_file = credentials.write_gate_file(
-        login, secret=settings.security.jwt_secret, hosts=hosts, trust_proxy=share,
+        login, secret=settings.security.jwt_secret, hosts=hosts, proxy=provider.name if share else None,
         session_hours=settings.security.session_hours)
     env[credentials.GATE_FILE_ENV] = str(gate_file)
     try:
@@ -250,7 +250,10 @@ def ui(host: str = typer.Option(None, help="Address to bind (default: BACKPROPAG
        share: bool = typer.Option(False, "--share",
                                   help="Open a public https tunnel to the UI (cloudflared, else ngrok); needs --auth."),
        auth: str = typer.Option(None, "--auth", metavar="USER:PASSWORD",
-                                help="Require this login on every page, upload and the websocket."),
+                                help="Require this login on every page, upload and the websocket. With --share, "
+                                     "--auth USER alone generates a password and prints it once. On a shared "
+                                     "machine use --auth-file or BACKPROPAGATE_UI_PASSWORD: others can read "
+                                     "command lines in `ps`."),
        auth_file: Path = typer.Option(None, "--auth-file",
                                       help="File whose first line is USER:PASSWORD (keeps it out of shell history); "
                                            "or set BACKPROPAGATE_UI_PASSWORD.")) -> None:
@@ -262,6 +265,13 @@ def ui(host: str = typer.Option(None, help="Address to bind (default: BACKPROPAG
     settings = load_settings()
     host, port = host or settings.ui.host, port or settings.ui.port
     sandbox.resolve_output_dir(settings.ui.output_dir, create=True)
-    login = credentials.login_from(auth, auth_file)
+    if share and auth and ":" not in auth:
+        login = credentials.generated_login(auth.strip())
+        console.print(f"[bold]Generated password for {login.user}:[/] {login.password}  "
+                      "(shown once; it is not stored anywhere)", highlight=False)
+    else:
+        login = credentials.login_from(auth, auth_file)
+    if share and login is not None:
+        credentials.check_share_password(login)
     check_sharing(share, login, host, settings.security.require_auth_for_share)
     raise typer.Exit(serve_secured(host, port, settings, login, share))

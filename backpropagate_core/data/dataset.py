@@ -179,11 +179,25 @@ def _read_csv(path: Path) -> list[Record]:
     return records
 
 
+PARQUET_MAX_ROWS = 5_000_000
+PARQUET_MAX_BYTES = 4 << 30
+"""Limits checked from a parquet file's metadata before any row is read: a few MB of
+compressed file can claim gigabytes of rows (a "parquet bomb")."""
+
+
 def _read_parquet(path: Path) -> list[Record]:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path).to_pylist()
+        file = pq.ParquetFile(path)
+        meta = file.metadata
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if meta.num_rows > PARQUET_MAX_ROWS or size > PARQUET_MAX_BYTES:
+            raise BackpropError("INPUT_DATASET_INVALID",
+                                f"{path}: {meta.num_rows} rows and {size / 2**30:.1f} GiB uncompressed are "
+                                f"over the limits ({PARQUET_MAX_ROWS} rows, {PARQUET_MAX_BYTES / 2**30:.0f} GiB)",
+                                hint="Split the file, or load it with the datasets library and save a sample.")
+        rows = [row for i in range(meta.num_row_groups) for row in file.read_row_group(i).to_pylist()]
     except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise BackpropError("INPUT_DATASET_INVALID", f"{path}: not a readable parquet file: {exc}") from None
     return [(n, row) for n, row in enumerate(rows, 1)]
@@ -192,8 +206,9 @@ def _read_parquet(path: Path) -> list[Record]:
 def _load_folder(path: Path, skip_bad_lines: bool, format: str | None) -> LoadedDataset:
     if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
         return _normalise_records(path, _read_saved_dataset(path), "record", skip_bad_lines, format)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_TYPES
-                   and p.name not in _FOLDER_METADATA and not p.name.startswith("."))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _through_link(path, p)
+                   and p.suffix.lower() in FILE_TYPES and p.name not in _FOLDER_METADATA
+                   and not p.name.startswith("."))
     # Hub-style folders hold train and test files side by side; never train on the test split.
     train_files = [p for p in files if "train" in p.relative_to(path).as_posix().lower()]
     files = train_files or files
@@ -208,6 +223,13 @@ def _load_folder(path: Path, skip_bad_lines: bool, format: str | None) -> Loaded
         merged.problems += [Problem(p.line, p.code, f"{file.relative_to(path)}: {p.message}")
                             for p in part.problems]
     return merged
+
+
+def _through_link(root: Path, file: Path) -> bool:
+    """Whether `file` or a folder between it and `root` is a symlink: one planted in the
+    folder could point anywhere, so folder loading never follows one."""
+    rel = file.relative_to(root)
+    return any((root / part).is_symlink() for part in (rel, *rel.parents) if str(part) != ".")
 
 
 def _read_saved_dataset(path: Path) -> list[Record]:

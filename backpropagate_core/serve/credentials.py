@@ -49,6 +49,25 @@ def parse_login(text: str, source: str) -> Login:
     return Login(user, password)
 
 
+SHARE_MIN_PASSWORD = 12
+"""A public link is guessed at from the whole internet: --share wants a longer password."""
+
+
+def generated_login(user: str) -> Login:
+    """A login with a fresh random password (16 URL-safe characters, ~96 bits)."""
+    if not user or not user.isprintable() or any(c.isspace() for c in user):
+        raise BackpropError("INPUT_AUTH_INVALID", "the user name has spaces or control characters")
+    return Login(user, secrets.token_urlsafe(12))
+
+
+def check_share_password(login: Login) -> None:
+    if len(login.password) < SHARE_MIN_PASSWORD:
+        raise BackpropError(
+            "INPUT_AUTH_INVALID",
+            f"--share needs a password of at least {SHARE_MIN_PASSWORD} characters (this one has {len(login.password)})",
+            hint="Use a longer one, or pass --auth USER alone to have one generated and printed once.")
+
+
 def login_from(auth: str | None = None, auth_file: str | Path | None = None,
                env: dict[str, str] | None = None) -> Login | None:
     """The login from --auth, else --auth-file, else BACKPROPAGATE_UI_PASSWORD; None when none is given.
@@ -100,7 +119,7 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 def write_gate_file(login: Login | None, *, secret: str | None = None, hosts: list[str] | None = None,
-                    trust_proxy: bool = False, session_hours: float = 12.0,
+                    proxy: str | None = None, session_hours: float = 12.0,
                     folder: Path | None = None) -> Path:
     """Write the web server's gate settings to a new 0600 file in a 0700 folder; returns its path."""
     folder = Path(folder or tempfile.mkdtemp(prefix="backprop-ui-"))
@@ -112,7 +131,7 @@ def write_gate_file(login: Login | None, *, secret: str | None = None, hosts: li
         "password_hash": hash_password(login.password) if login else None,
         "secret": secret or secrets.token_urlsafe(48),
         "hosts": sorted(set(hosts or [])),
-        "trust_proxy": trust_proxy,
+        "proxy": proxy,
         "session_hours": session_hours,
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)

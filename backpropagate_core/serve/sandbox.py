@@ -124,6 +124,30 @@ def inside(base: str | os.PathLike, candidate: str | os.PathLike) -> Path:
     return target
 
 
+def dataset_file(base: str | os.PathLike, candidate: str | os.PathLike, *, direct: bool) -> Path:
+    """A regular, non-symlink dataset file inside `base` (directly in it when `direct`);
+    INPUT_PATH_FORBIDDEN otherwise: outside, missing, a folder, a link (or under one) or a
+    `datasets` metadata file."""
+    import stat
+
+    target = inside(base, candidate)
+    root = Path(base).expanduser().resolve()
+    written = (root / Path(os.fspath(candidate)).expanduser())
+    try:
+        info = os.lstat(written)
+    except OSError:
+        info = None
+    links = [p for p in (written, *written.parents) if p != root and root in p.parents and p.is_symlink()]
+    if info is None or not stat.S_ISREG(info.st_mode) or links or target.name in DATASET_METADATA_NAMES \
+            or (direct and target.parent != root):
+        raise BackpropError("INPUT_PATH_FORBIDDEN",
+                            f"not a dataset file: {os.fspath(candidate)!r} (the UI takes regular files "
+                            f"{'directly ' if direct else ''}inside {root}, no folders or links)")
+    return target
+
+
+DATASET_METADATA_NAMES = frozenset({"dataset_info.json", "state.json", "dataset_dict.json"})
+"""Files that make a folder a saved `datasets` dataset (and can name files anywhere)."""
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
                      *(f"lpt{i}" for i in range(10))}
 
@@ -152,6 +176,10 @@ def sanitize_filename(name: str, allowed: tuple[str, ...] | None = DATASET_EXTEN
     if stem.split(".")[0].lower() in _WINDOWS_RESERVED:
         stem = "_" + stem
     clean = f"{stem}.{ext}" if ext else stem
+    if clean.lower() in DATASET_METADATA_NAMES:
+        raise BackpropError("INPUT_UPLOAD_INVALID", f"{name!r} is a `datasets` metadata file name",
+                            hint="Rename the file: an uploaded state.json could make the uploads folder "
+                                 "load files from anywhere.")
     if not stem or (allowed is not None and f".{ext}" not in allowed):
         kinds = ", ".join(allowed or ())
         raise BackpropError("INPUT_UPLOAD_INVALID",

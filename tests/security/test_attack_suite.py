@@ -206,7 +206,7 @@ def forged_tokens(secured) -> dict[str, str]:
     real = login_cookie(secured, "127.0.0.12").split("=", 1)[1]
     head, payload, signature = real.split(".")
     evil_payload = base64.urlsafe_b64encode(json.dumps({**claims, "sub": "root"}).encode()).rstrip(b"=").decode()
-    http(secured.port, "GET", "/logout", hdrs(secured, ("Cookie", f"bp_session={real}")), source="127.0.0.12")
+    http(secured.port, "POST", "/logout", hdrs(secured, ("Cookie", f"bp_session={real}")), source="127.0.0.12")
     return {
         "wrong key": jwt.encode(claims, "guessed-key-" * 4, algorithm="HS256"),
         "expired": jwt.encode({**claims, "iat": now - 7200, "exp": now - 60}, JWT_SECRET, algorithm="HS256"),
@@ -507,6 +507,61 @@ def test_upload_flood_is_rate_limited(secured):
 
 
 # ---- afterwards -------------------------------------------------------------------------------------
+
+def test_open_redirect_through_next(secured):
+    """`/login?next=...` with every control character, backslashes and `//`, raw and
+    percent-encoded once and twice: the login page and the post-login redirect stay on site."""
+    cookie = login_cookie(secured, "127.0.0.20")
+    hostile = [f"/{chr(c)}/evil.example" for c in [*range(0x20), 0x7f]]
+    hostile += [f"/%{c:02X}/evil.example" for c in [*range(0x20), 0x7f]]
+    hostile += [f"/%25{c:02X}/evil.example" for c in (0x09, 0x0a, 0x0d)]
+    hostile += ["//evil.example", "/\\evil.example", "/%2F%2Fevil.example", "/%5Cevil.example", "https://evil.example",
+                "/%252F%252Fevil.example", "\t//evil.example"]
+    for target in hostile:
+        query = "next=" + "".join(c if 0x20 < ord(c) < 0x7f else f"%{ord(c):02X}" for c in target)
+        status, out, body = http(secured.port, "GET", f"/login?{query}",
+                                 hdrs(secured, ("Cookie", cookie)), source="127.0.0.20")
+        off_site = "evil.example" in out.get("location", "") or b"evil.example" in body
+        record("open redirect after login", off_site, f"next={target!r} -> {status} {out.get('location')}")
+    assert_none_succeeded("open redirect after login")
+
+
+def test_logout_csrf(secured):
+    """A cross-site GET (an <img src=/logout>) or a foreign-origin POST signs nobody out."""
+    cookie = login_cookie(secured, "127.0.0.21")
+    for method, origin in (("GET", "own"), ("GET", None), ("POST", "https://evil.example")):
+        http(secured.port, method, "/logout", hdrs(secured, ("Cookie", cookie), origin=origin), source="127.0.0.21")
+        status, _, _ = http(secured.port, "GET", "/_health", hdrs(secured, ("Cookie", cookie)), source="127.0.0.21")
+        record("logout CSRF", status != 200, f"{method} /logout from {origin} -> session ended")
+    assert_none_succeeded("logout CSRF")
+
+
+def test_folder_dataset_tricks(secured):
+    """The uploads folder itself, a folder in it, and `datasets` metadata naming private
+    data: neither an upload nor a pick over the websocket may load them."""
+    for name in ("dataset_dict.json", "state.json", "dataset_info.json"):
+        payload = json.dumps({"splits": [str(secured.outside)]}).encode()
+        ctype, body = multipart([(name, payload)])
+        status, _, _ = http(secured.port, "POST", "/_upload", upload_headers(secured, ("Authorization", BASIC),
+                                                                             ("Content-Type", ctype)), body)
+        record("folder-dataset tricks", (secured.uploads / name).exists(), f"upload {name} -> {status}")
+    (secured.uploads / "sub").mkdir(parents=True, exist_ok=True)
+    (secured.uploads / "sub" / "dataset_dict.json").write_text(json.dumps({"splits": [str(secured.outside)]}))
+    token = str(uuid.uuid4())
+    status, ws = upgrade(secured.port, f"/_event/?token={token}&EIO=4&transport=websocket",
+                         dict(hdrs(secured, ("Authorization", BASIC))), source="127.0.0.22")
+    sio = ReflexSocket(ws, token)
+    try:
+        for path in (".", str(secured.uploads), "sub", "sub/", "./sub", "sub/dataset_dict.json", "./"):
+            sio.frames.clear()
+            sio.emit_event(DATASET + ".pick", {"value": path}, "/dataset")
+            answer = sio.wait_for(lambda t: '"error_rx_state_":{"code"' in t or "TOPSECRET" in t, 60)
+            seen = "\n".join(sio.frames).encode()
+            record("folder-dataset tricks", answer is None or leaked(seen), f"pick {path!r}")
+    finally:
+        ws.close()
+    assert_none_succeeded("folder-dataset tricks")
+
 
 def test_server_stayed_up_and_nothing_escaped(secured, request):
     assert secured.proc.poll() is None

@@ -51,12 +51,14 @@ def comparison(store, a: str, b: str) -> dict:
     points = [{"step": s,
                **{f"a_{k}": v for k, v in left["points"].get(s, {}).items() if k != "step"},
                **{f"b_{k}": v for k, v in right["points"].get(s, {}).items() if k != "step"}} for s in steps]
-    answers_b = {s["prompt"]: s for s in right["samples"]}
-    answers = [{"prompt": s["prompt"], "reference": s["reference"], "a": s.get("answer", ""),
-                "a_learned": bool(s.get("learned")),
-                "b": answers_b.get(s["prompt"], {}).get("answer", "(not asked)"),
-                "b_learned": bool(answers_b.get(s["prompt"], {}).get("learned"))}
-               for s in left["samples"]]
+    by_prompt_a = {s["prompt"]: s for s in left["samples"]}
+    by_prompt_b = {s["prompt"]: s for s in right["samples"]}
+    prompts = list(by_prompt_a) + [q for q in by_prompt_b if q not in by_prompt_a]
+    answers = [{"prompt": q, "reference": (by_prompt_a.get(q) or by_prompt_b[q])["reference"],
+                "a": by_prompt_a.get(q, {}).get("answer", "(not asked)"),
+                "a_learned": bool(by_prompt_a.get(q, {}).get("learned")),
+                "b": by_prompt_b.get(q, {}).get("answer", "(not asked)"),
+                "b_learned": bool(by_prompt_b.get(q, {}).get("learned"))} for q in prompts]
 
     def head(side: dict) -> dict:
         pct = lambda v: "—" if v is None else f"{v:.0%}"  # noqa: E731
