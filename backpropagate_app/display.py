@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.protocol import DatasetReport
-from backpropagate_app.answers import learned_cells, samples_view
+from backpropagate_app.quality import learned_cells, samples_view
 
 MAX_CHART_POINTS = 400
 """Charts get at most this many points; longer runs are thinned evenly (last point kept)."""

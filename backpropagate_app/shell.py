@@ -9,6 +9,7 @@ from typing import Callable
 
 import reflex as rx
 
+from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
 from backpropagate_app.server import gate
@@ -66,10 +67,9 @@ class ShellState(rx.State):
         reaped = 0.0
         while True:
             reap = time.monotonic() - reaped > REAP_EVERY_S
-            try:
-                info = await asyncio.to_thread(read_header, reap)
-            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-                info = {"id": "", "label": f"run store unreadable: {exc}", "status": "failed"}
+            info, error = await attempt(read_header, reap)
+            if error:
+                info = {"id": "", "label": f"run store unreadable: {error['message']}", "status": "failed"}
             if reap:
                 reaped = time.monotonic()
             if info != shown:
@@ -104,18 +104,20 @@ def header() -> rx.Component:
     )
 
 
+SIGN_OUT_JS = "fetch('/logout', {method: 'POST', credentials: 'same-origin'}).finally(() => location.assign('/login'))"
+"""The gate, not the app's router, answers /logout, and only to a POST (a GET from another
+site must not sign anyone out); the page then loads the login page."""
+
+
 def sign_out() -> list[rx.Component]:
-    """A sign-out button when the server was started with a login: a plain HTML form that
-    POSTs /logout (the gate answers it, and a GET cannot sign anyone out), so the browser
-    loads the login page the gate redirects to."""
+    """A sign-out button when the server was started with a login."""
     if not gate.login_enabled():
         return []
-    button = rx.el.button(rx.hstack(rx.icon("log-out", size=14), rx.text("Sign out", size="2"), align="center",
-                                    spacing="1"),
-                          type="submit", data_testid="sign-out",
-                          style={"color": rx.color("gray", 11), "background": "none", "border": "none",
-                                 "cursor": "pointer"})
-    return [rx.el.form(button, method="post", action="/logout", style={"margin_left": "1.25em"})]
+    return [rx.el.button(rx.hstack(rx.icon("log-out", size=14), rx.text("Sign out", size="2"), align="center",
+                                   spacing="1"),
+                         on_click=rx.call_script(SIGN_OUT_JS), type="button", data_testid="sign-out",
+                         style={"color": rx.color("gray", 11), "background": "none", "border": "none",
+                                "cursor": "pointer", "margin_left": "1.25em"})]
 
 
 def nav(active: str) -> rx.Component:

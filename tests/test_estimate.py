@@ -103,3 +103,21 @@ def test_cli_says_when_nothing_fits(capsys):
 def test_cli_unknown_model_is_a_coded_error(capsys):
     assert main(["estimate-vram", "--model", "no/such-model"]) == 1
     assert "[INPUT_MODEL_NOT_FOUND]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS, ids=lambda p: p.name)
+def test_preset_memory_figures_are_the_estimators_rounded_up(preset):
+    """The table users pick from says what the estimator says (batch 1, 2,048 tokens, gradient
+    checkpointing), rounded up: never below it, and at most 1.5 GB above."""
+    for figure, dtype in ((preset.vram_gb, "bf16"), (preset.vram_gb_4bit, "4bit")):
+        estimated = est.estimate(seq_len=2048, batch=1, shape=preset.shape, dtype=dtype,
+                                 gradient_checkpointing=True, fused_kernels=True).total_gb
+        assert estimated <= figure <= estimated + 1.5, (dtype, estimated, figure)
+
+
+def test_the_readme_lists_every_preset_with_its_figures():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for p in presets.PRESETS:
+        assert f"`{p.name}`" in readme and f"{p.vram_gb:g} GB" in readme, p.name

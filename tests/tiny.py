@@ -55,9 +55,10 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 600, chat_template: str | N
 def build_model(out_dir: Path, arch: str = "llama", hidden: int = 64, layers: int = 2,
                 heads: int = 4, kv_heads: int = 2, intermediate: int | None = None,
                 chat_template: str | None = CHATML_TEMPLATE, seed: int = 0) -> Path:
-    """Save a random `arch` model ("llama" or "qwen2") with the tiny tokenizer in out_dir."""
+    """Save a random `arch` model ("llama", "qwen2" or "qwen3") with the tiny tokenizer in out_dir."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
 
     tokenizer = build_tokenizer(out_dir, chat_template=chat_template)
     common = dict(
@@ -72,6 +73,10 @@ def build_model(out_dir: Path, arch: str = "llama", hidden: int = 64, layers: in
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif arch == "qwen3":
+        # Like the real Qwen3 models: head_dim wider than hidden / heads, q/k norms, tied embeddings.
+        model = Qwen3ForCausalLM(Qwen3Config(**{**common, "tie_word_embeddings": True},
+                                             head_dim=2 * hidden // heads))
     else:
         raise ValueError(arch)
     model.save_pretrained(out_dir)

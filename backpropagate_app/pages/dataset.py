@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import quote
 
 import reflex as rx
 
+from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
-from backpropagate_app.display import ReportSummary, error_view, report_view, unexpected_error
+from backpropagate_app.display import ReportSummary, error_view, report_view
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
 
@@ -82,12 +82,8 @@ class DatasetState(rx.State):
             path, model = self.path, self.tokenizer.strip()
             self.analysing, self.error, self.report = True, {}, ReportSummary()
             self.histogram, self.problems, self.preview, self.problem_count = [], [], [], 0
-        try:
-            view, error = report_view(await asyncio.to_thread(facade.dataset_report, path, model)), {}
-        except BackpropError as err:
-            view, error = None, error_view(err)
-        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-            view, error = None, unexpected_error(exc)
+        report, error = await attempt(facade.dataset_report, path, model)
+        view = report_view(report) if report is not None else None
         async with self:
             if self.path != path:
                 return  # another file was picked meanwhile; its own analysis reports

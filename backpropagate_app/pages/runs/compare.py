@@ -6,13 +6,13 @@ Reached from the Runs page by ticking two runs (`/runs/compare?a=RUN&b=RUN`).
 
 from __future__ import annotations
 
-import asyncio
 
 import reflex as rx
 
+from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
-from backpropagate_app.display import config_rows, error_view, fmt_loss, thin, unexpected_error
+from backpropagate_app.display import config_rows, error_view, fmt_loss, thin
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
 
@@ -83,15 +83,11 @@ class CompareState(rx.State):
             query = dict(self.router.url.query_parameters or {}) if hasattr(self.router, "url") else {}
             params = {**query, **(self.router.page.params or {})}
             a, b = params.get("a", ""), params.get("b", "")
-        try:
-            if not a or not b:
-                raise BackpropError("CONFIG_INVALID", "pick two runs to compare",
-                                    hint="Tick two runs on the Runs page, then press Compare.")
-            shown, error = await asyncio.to_thread(comparison, facade.store(), a, b), {}
-        except BackpropError as err:
-            shown, error = None, error_view(err)
-        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-            shown, error = None, unexpected_error(exc)
+        if a and b:
+            shown, error = await attempt(comparison, facade.store(), a, b)
+        else:
+            shown, error = None, error_view(BackpropError(
+                "CONFIG_INVALID", "pick two runs to compare", hint="Tick two runs on the Runs page, then press Compare."))
         async with self:
             self.error = error
             if shown is not None:

@@ -8,9 +8,10 @@ from collections import deque
 
 import reflex as rx
 
+from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
-from backpropagate_app.display import config_rows, error_view, event_rows, unexpected_error
+from backpropagate_app.display import config_rows, error_view, event_rows
 from backpropagate_app.pages.export.view import export_run_rows
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
@@ -92,13 +93,11 @@ class RunDetailState(RunView, rx.State):
         async with self:
             details = RunDetails(self.run_id)
         while True:
-            try:
-                changed = await asyncio.to_thread(details.poll)
-            except BackpropError:
-                return  # deleted
-            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-                async with self:
-                    self.action_error = unexpected_error(exc)
+            changed, error = await attempt(details.poll)
+            if error:
+                if error["code"] != "STATE_RUN_NOT_FOUND":  # not found: the run was deleted
+                    async with self:
+                        self.action_error = error
                 return
             if changed is not None:
                 async with self:

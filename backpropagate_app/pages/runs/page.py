@@ -7,9 +7,10 @@ import asyncio
 
 import reflex as rx
 
+from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
-from backpropagate_app.display import run_row, sparkline, unexpected_error
+from backpropagate_app.display import run_row, sparkline
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.runs.store import STATUSES
 
@@ -64,10 +65,9 @@ class RunsState(rx.State):
         while True:
             async with self:
                 status = self.status_filter
-            try:
-                rows, error = await asyncio.to_thread(read_rows, status, sparks), {}
-            except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-                rows, error = shown or [], unexpected_error(exc)
+            rows, error = await attempt(read_rows, status, sparks)
+            if error:
+                rows = shown[0] if shown else []
             if (rows, error) != shown:
                 async with self:
                     if self.status_filter == status:

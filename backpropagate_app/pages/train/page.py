@@ -6,9 +6,10 @@ import asyncio
 
 import reflex as rx
 
+from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
-from backpropagate_app.display import EMPTY_RUN_VIEW, error_view, unexpected_error
+from backpropagate_app.display import EMPTY_RUN_VIEW, error_view
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_app.pages.train.form import (FORM_FIELDS, MemoryFacts, default_captions, field_captions,
@@ -40,6 +41,14 @@ class TrainRun(RunView, rx.State):
     @rx.event(background=True)
     async def follow(self):
         await self._follow(run_to_show)
+
+
+def _start(choice: str, custom: str, data: str, name: str, overrides: dict) -> str:
+    """Start a run from the form (blocking; called off the event loop)."""
+    if not data:
+        raise BackpropError("INPUT_DATASET_NOT_FOUND", "no dataset chosen",
+                            hint="Pick a dataset, or upload one on the Dataset page.")
+    return facade.start_run(facade.model_spec(choice, custom), data, name, overrides)
 
 
 class TrainState(rx.State):
@@ -112,14 +121,11 @@ class TrainState(rx.State):
             self._plan_ticket += 1
             ticket = self._plan_ticket
             self.planning, self.plan_error = True, {}
-        values, captions, facts, error = None, None, MemoryFacts(), {}
+        values, captions, facts = None, None, MemoryFacts()
         try:
-            plan = await asyncio.to_thread(facade.plan, model, data)
-            values, captions, facts = plan_values(plan), plan_captions(plan), MemoryFacts.of(plan)
-        except BackpropError as err:
-            error = error_view(err)
-        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-            error = unexpected_error(exc)
+            plan, error = await attempt(facade.plan, model, data)
+            if plan is not None:
+                values, captions, facts = plan_values(plan), plan_captions(plan), MemoryFacts.of(plan)
         finally:
             async with self:
                 if ticket == self._plan_ticket:
@@ -163,18 +169,8 @@ class TrainState(rx.State):
             self.starting, self.start_error = True, {}
             form, planned, name, data = dict(self.form), dict(self.planned), self.run_name, self.dataset_path
             choice, custom = self.model_choice, self.custom_model
-        try:
-            model = facade.model_spec(choice, custom)
-            if not data:
-                raise BackpropError("INPUT_DATASET_NOT_FOUND", "no dataset chosen",
-                                    hint="Pick a dataset, or upload one on the Dataset page.")
-            run_id = await asyncio.to_thread(facade.start_run, model, data, name,
-                                             form_overrides(form, planned))
-            error = {}
-        except BackpropError as err:
-            run_id, error = "", error_view(err)
-        except Exception as exc:  # noqa: BLE001 - the UI task's outer edge
-            run_id, error = "", unexpected_error(exc)
+        run_id, error = await attempt(_start, choice, custom, data, name, form_overrides(form, planned))
+        run_id = run_id or ""
         async with self:
             self.starting, self.start_error = False, error
             run = await self.get_state(TrainRun)
