@@ -144,7 +144,7 @@ def start_run(model: str, data: str, name: str | None, overrides: dict) -> str:
 
 def start_multi_run(model: str, data: str, name: str | None, fresh: bool, options: dict) -> str:
     """Start a campaign's worker (LoRA runs over successive chunks of `data`); returns its
-    run id. `options` are the campaign settings (`multirun_view.campaign_options`)."""
+    run id. `options` are the campaign settings (`pages.multirun.view.campaign_options`)."""
     data = workspace_path(data)
     limits.allow("start")  # a campaign is a process training on this machine, like a run
     return worker.start_multi_run(model, data, name=name or None, fresh=fresh, home=settings().home,
@@ -170,9 +170,11 @@ def start_export(run_id: str, fmt: str, quantization: str | None, checkpoint: st
                                home=settings().home)
 
 
-def chat_once(target: str, prompt: str, gguf: str | None, max_new_tokens: int) -> ChatAnswer:
+def chat_once(target: str, prompt: str, gguf: str | None, max_new_tokens: int,
+              on_partial=None) -> ChatAnswer:
     """Greedy answers to one question from the base model, from a run's adapter (or
     checkpoint folder) and, when `gguf` is given, from that GGUF in llama.cpp, side by side;
     the engine helper keeps the model loaded for the next question."""
     return worker.chat_once(target, [{"role": "user", "content": prompt}], gguf=gguf,
-                            max_new_tokens=max_new_tokens, compare=gguf is not None, base=True)
+                            max_new_tokens=max_new_tokens, compare=gguf is not None, base=True,
+                            on_partial=on_partial)

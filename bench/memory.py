@@ -1,6 +1,6 @@
 """The memory estimator (`backpropagate_core.training.estimate`) against what training really used.
 
-Each configuration trains a few steps through `hf_trainer.fit` in its own process on
+Each configuration trains a few steps through `training.trainer.fit` in its own process on
 synthetic examples of exactly `seq_len` tokens (loss on the second half, like a chat
 reply) and reports its peak: `torch.cuda.max_memory_allocated` (+ the CUDA context) on a
 GPU, peak RSS of the process on a CPU. The estimate is computed for the same settings.

@@ -6,7 +6,7 @@ turn and alternated over rounds so a change in machine load hits all of them ali
   a  transformers Trainer + peft, written the way a user would (fp32, padded batches)
   b  TRL SFTTrainer with its defaults (bf16 on, padded batches)
   c  Unsloth's own recipe (FastLanguageModel + SFTTrainer); "unavailable" with the reason
-  d  backpropagate: `hf_trainer.fit`, the path `backprop train` takes
+  d  backpropagate: `training.trainer.fit`, the path `backprop train` takes
   e  backpropagate with backend="unsloth" (Unsloth builds the model, `fit` trains it):
      what `backend="auto"` would pick on CUDA; run it with --variants abcde
 

@@ -58,7 +58,8 @@ def test_cli_ollama_register_an_existing_export(base, capsys):
 
     run = make_run(base)
     result = export_model(run.id, format="gguf", quantization="q8_0", verify=False)
-    assert result.verification == {}
+    # Without verification the logits are not compared; the cheap tokenizer check still runs.
+    assert result.verification["logits_checked"] is False and result.verification["tokenization_match"]
     with OllamaContractServer() as server:
         assert main(["ollama-register", str(result.path), "--name", "later:q8", "--host", server.url]) == 0
     assert "ollama run later:q8" in capsys.readouterr().out

@@ -116,6 +116,14 @@ def test_chat_answers_two_questions_with_one_model_load(tmp_path_factory):
     assert list(both.answers) == ["base", "transformers"] and client.ping().chat_loads == loads + 1
     assert both.answers["transformers"].tokens == first.answers["transformers"].tokens
     assert both.answers["base"].tokens != both.answers["transformers"].tokens  # make_run's adapter is not a no-op
+    # Streaming: partial answers arrive while the final one is computed, each a prefix of it.
+    partials = []
+    streamed = client.chat(run.id, [{"role": "user", "content": "What is the capital of France?"}],
+                           max_new_tokens=6, compare=False, base=True, on_partial=partials.append)
+    assert partials and {p["engine"] for p in partials} == {"base", "transformers"}
+    last = [p for p in partials if p["engine"] == "transformers"][-1]["text"]
+    assert streamed.answers["transformers"].text.strip().startswith(last.strip()[:3])
+    assert client.ping().chat_loads == loads + 1
     with pytest.raises(BackpropError) as err:
         client.chat(run.id, [{"role": "assistant", "content": "no question"}])
     assert err.value.code == "INPUT_EXPORT_OPTION_INVALID"

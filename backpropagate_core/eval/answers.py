@@ -8,7 +8,7 @@ answer, so answers at two steps (or from two runs) can be compared.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from backpropagate_core.eval import metrics
 
@@ -67,8 +67,9 @@ def stop_ids(tokenizer: Any) -> set[int]:
 
 
 def hf_greedy(model: Any, ids: Sequence[int], max_new_tokens: int,
-              stop: set[int] = frozenset()) -> list[int]:
-    """Greedy continuation with transformers, reusing the KV cache."""
+              stop: set[int] = frozenset(), on_token: Callable[[list[int]], None] | None = None) -> list[int]:
+    """Greedy continuation with transformers, reusing the KV cache; `on_token` sees the
+    tokens so far after each one (for streaming)."""
     import torch
 
     out_ids: list[int] = []
@@ -77,6 +78,8 @@ def hf_greedy(model: Any, ids: Sequence[int], max_new_tokens: int,
         for _ in range(max_new_tokens):
             tok = int(out.logits[0, -1].argmax())
             out_ids.append(tok)
+            if on_token is not None:
+                on_token(out_ids)
             if tok in stop:
                 break
             out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from backpropagate_core import platform_support
 from backpropagate_core.eval.answers import hf_greedy, prompt_ids, render_prompt, stop_ids  # noqa: F401
@@ -54,7 +54,7 @@ def open_gguf(path: Path, n_ctx: int = 512, logits_all: bool = True):
 
 
 def gguf_greedy(llama: Any, ids: Sequence[int], max_new_tokens: int,
-                stop: set[int] = frozenset()) -> list[int]:
+                stop: set[int] = frozenset(), on_token: Callable[[list[int]], None] | None = None) -> list[int]:
     """Greedy continuation with llama.cpp, from the logits of each last evaluated token."""
     import numpy as np
 
@@ -67,6 +67,8 @@ def gguf_greedy(llama: Any, ids: Sequence[int], max_new_tokens: int,
         last = llama_cpp.llama_get_logits_ith(llama.ctx, -1)
         tok = int(np.argmax(np.ctypeslib.as_array(last, shape=(llama.n_vocab(),))))
         out_ids.append(tok)
+        if on_token is not None:
+            on_token(out_ids)
         if tok in stop or llama.n_tokens >= llama.n_ctx():
             break
         llama.eval([tok])
@@ -93,25 +95,29 @@ class ChatSession:
         self.max_new_tokens = max_new_tokens
         self.stop = stop_ids(self.tokenizer)
 
-    def ask(self, messages: list[dict], base: bool = False) -> dict[str, Answer]:
+    def ask(self, messages: list[dict], base: bool = False,
+            on_text: Callable[[str, str], None] | None = None) -> dict[str, Answer]:
         """Answers keyed by engine; llama.cpp only when a GGUF is open; `base`: first the
-        base model's (the adapter switched off), where the source is an adapter."""
+        base model's (the adapter switched off), where the source is an adapter.
+        `on_text(engine, text so far)` is called as each answer grows (streaming)."""
         import time
 
         ids = prompt_ids(self.tokenizer, messages)
         answers = {}
+
+        def run(engine: str, generate) -> None:
+            started = time.time()
+            seen = (lambda toks: on_text(engine, self._text(toks))) if on_text else None
+            toks = generate(ids, self.max_new_tokens, self.stop, seen)
+            answers[engine] = Answer(self._text(toks), toks, time.time() - started,
+                                     "llama.cpp" if engine == "llama.cpp" else "transformers")
+
         if base and hasattr(self.model, "disable_adapter"):
-            started = time.time()
             with self.model.disable_adapter():
-                toks = hf_greedy(self.model, ids, self.max_new_tokens, self.stop)
-            answers["base"] = Answer(self._text(toks), toks, time.time() - started, "transformers")
-        started = time.time()
-        toks = hf_greedy(self.model, ids, self.max_new_tokens, self.stop)
-        answers["transformers"] = Answer(self._text(toks), toks, time.time() - started, "transformers")
+                run("base", lambda *a: hf_greedy(self.model, *a))
+        run("transformers", lambda *a: hf_greedy(self.model, *a))
         if self.llama is not None:
-            started = time.time()
-            toks = gguf_greedy(self.llama, ids, self.max_new_tokens, self.stop)
-            answers["llama.cpp"] = Answer(self._text(toks), toks, time.time() - started, "llama.cpp")
+            run("llama.cpp", lambda *a: gguf_greedy(self.llama, *a))
         return answers
 
     def _text(self, toks: list[int]) -> str:

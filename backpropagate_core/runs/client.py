@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
@@ -68,17 +68,19 @@ class EngineClient:
         """The helper's process id, or None before the first request."""
         return self._proc.pid if self._proc and self._proc.poll() is None else None
 
-    def request(self, body: BaseModel, timeout: float = QUICK_TIMEOUT_S) -> BaseModel:
+    def request(self, body: BaseModel, timeout: float = QUICK_TIMEOUT_S,
+                on_partial: Callable[[dict], None] | None = None) -> BaseModel:
         """Send one request and return the typed response; BackpropError on an error reply,
-        on a timeout (the helper is then stopped) or when a restarted helper dies too."""
+        on a timeout (the helper is then stopped) or when a restarted helper dies too.
+        `on_partial` receives partial replies (streamed answers) as they arrive."""
         kind = KINDS[type(body)]
         with self._lock:
             try:
-                reply = self._exchange(kind, body, timeout)
+                reply = self._exchange(kind, body, timeout, on_partial)
             except _HelperGone:
                 self._stop()
                 try:
-                    reply = self._exchange(kind, body, timeout)
+                    reply = self._exchange(kind, body, timeout, on_partial)
                 except _HelperGone as gone:
                     self._stop()
                     raise BackpropError("RUNTIME_UNEXPECTED", f"the engine helper ended while answering a {kind} "
@@ -94,7 +96,8 @@ class EngineClient:
 
     # ---- the pipe --------------------------------------------------------------------
 
-    def _exchange(self, kind: str, body: BaseModel, timeout: float) -> dict:
+    def _exchange(self, kind: str, body: BaseModel, timeout: float,
+                  on_partial: Callable[[dict], None] | None = None) -> dict:
         self._ensure_started()
         request_id = next(self._ids)
         settings_env = {k: v for k, v in os.environ.items() if k.startswith(SETTINGS_PREFIX)}
@@ -114,6 +117,10 @@ class EngineClient:
                                     "loads it, which can take minutes.") from None
             if reply is None:
                 raise _HelperGone(self._log_tail())
+            if reply.get("id") == request_id and "partial" in reply:
+                if on_partial is not None:
+                    on_partial(reply["partial"])
+                continue
             if reply.get("id") == request_id:
                 return reply
 
@@ -213,16 +220,18 @@ def plan(model: str | None, data: str, overrides: dict | None = None,
 
 
 def chat(source: str, messages: list[dict[str, Any]], gguf: str | None = None, max_new_tokens: int = 128,
-         compare: bool = True, base: bool = False, timeout: float = CHAT_TIMEOUT_S) -> ChatAnswer:
+         compare: bool = True, base: bool = False, timeout: float = CHAT_TIMEOUT_S,
+         on_partial: Callable[[dict], None] | None = None) -> ChatAnswer:
     """Greedy answers to the last turn of `messages` from the trained model and, unless
     `compare` is False, from its GGUF (`gguf`, or the run's newest GGUF export)."""
     try:
         request = ChatRequest(source=str(source), messages=messages, gguf=str(gguf) if gguf else None,
-                              max_new_tokens=max_new_tokens, compare=compare, base=base)
+                              max_new_tokens=max_new_tokens, compare=compare, base=base,
+                              stream=on_partial is not None)
     except ValidationError as err:
         raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "messages must be a list of {role, content}: "
                             f"{err.error_count()} problem(s)") from None
-    return client().request(request, timeout)
+    return client().request(request, timeout, on_partial)
 
 
 def ping(timeout: float = QUICK_TIMEOUT_S) -> Pong:

@@ -128,6 +128,8 @@ class ChatRequest(BaseModel):
     """False: the trained model alone, no llama.cpp."""
     base: bool = False
     """Also answer with the base model (the adapter switched off), first."""
+    stream: bool = False
+    """Send the answers' text as it grows, as partial replies before the final one."""
 
 
 class EngineAnswer(BaseModel):

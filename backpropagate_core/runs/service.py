@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -73,13 +74,31 @@ def chat(req: ChatRequest) -> ChatAnswer:
     messages = check_messages([m.model_dump() for m in req.messages])
     session = _chat_session(req.source, req.gguf, req.compare)
     session.max_new_tokens = req.max_new_tokens
-    answers = session.ask(messages, base=req.base)
+    answers = session.ask(messages, base=req.base, on_text=_streamer() if req.stream else None)
     both = "llama.cpp" in answers
     return ChatAnswer(
         answers={name: EngineAnswer(text=a.text, tokens=a.tokens, seconds=round(a.seconds, 3))
                  for name, a in answers.items()},
         gguf=str(session.gguf_path) if session.gguf_path else None,
         identical=answers["transformers"].tokens == answers["llama.cpp"].tokens if both else None)
+
+
+STREAM_EVERY_S = 0.1
+"""Partial answers go out at most this often: the browser needs no more."""
+_partial: Callable[[dict], None] | None = None
+"""Sends a partial reply for the request being answered (set by `serve`)."""
+
+
+def _streamer() -> Callable[[str, str], None]:
+    last = {"at": 0.0, "engine": None}
+
+    def on_text(engine: str, text: str) -> None:
+        now = time.monotonic()
+        if _partial is not None and (engine != last["engine"] or now - last["at"] >= STREAM_EVERY_S):
+            last.update(at=now, engine=engine)
+            _partial({"engine": engine, "text": text})
+
+    return on_text
 
 
 def _chat_session(source: str, gguf: str | None, compare: bool):
@@ -150,11 +169,24 @@ def _error(request_id: Any, reply: ErrorReply) -> dict:
 
 
 def serve(requests: TextIO, replies: TextIO) -> None:
-    """Answer request lines until the input closes."""
+    """Answer request lines until the input closes (partial replies first, where asked)."""
+    global _partial
+
+    def send(reply: dict) -> None:
+        replies.write(json.dumps(reply, ensure_ascii=False) + "\n")
+        replies.flush()
+
     while line := requests.readline():
         if line.strip():
-            replies.write(json.dumps(handle(line), ensure_ascii=False) + "\n")
-            replies.flush()
+            try:
+                request_id = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                request_id = None
+            _partial = lambda body: send({"id": request_id, "partial": body})  # noqa: E731
+            try:
+                send(handle(line))
+            finally:
+                _partial = None
 
 
 def main() -> int:

@@ -139,13 +139,14 @@ def start_export(source_run_id: str, format: str, quantization: str | None = Non
 
 
 def chat_once(source: str, messages: list[dict], gguf: str | None = None,
-              max_new_tokens: int = 128, compare: bool = True, base: bool = False) -> ChatAnswer:
+              max_new_tokens: int = 128, compare: bool = True, base: bool = False,
+              on_partial=None) -> ChatAnswer:
     """Greedy answers to the last turn of `messages` from the trained model and, when the
     run has a GGUF export (or `gguf` names one), from llama.cpp; `compare=False`: the
     trained model only; `base`: the base model's answer too. Answered by the engine
     helper, which keeps the model loaded for the next question."""
     return client.chat(source, messages, gguf=gguf, max_new_tokens=max_new_tokens, compare=compare,
-                       base=base)
+                       base=base, on_partial=on_partial)
 
 
 def dataset_report(path: str, model: str | None = None, max_seq_len: int | None = None) -> DatasetReport:

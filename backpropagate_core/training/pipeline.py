@@ -243,13 +243,8 @@ def _train(config: RunConfig, run_id: str, files: RunDir, sink: ev.Sink, resume:
         sink(ev.Cancelled(run_id, step=outcome.step, checkpoint=outcome.last_checkpoint))
         result.status = "cancelled"
         return result
-    keep_best = probing is not None and probing.best_step is not None and t.early_stopping
-    if keep_best:  # the result is the best held-out evaluation, not the last step
-        result.adapter_path = checkpoints.promote(files.best, files.adapter)
-        log(f"kept the adapter of step {probing.best_step} (best held-out result)")
-    else:
-        result.adapter_path = checkpoints.save_adapter(peft_model, prep.tokenizer, files.adapter,
-                                                      {"model": config.model, "run_id": run_id, "step": outcome.step})
+    result.adapter_path = _save_result(peft_model, prep.tokenizer, config, files, run_id, outcome.step,
+                                       probing if t.early_stopping else None, log)
     artifacts = {"adapter": str(result.adapter_path)}
     if outcome.last_checkpoint:
         artifacts["checkpoint"] = outcome.last_checkpoint
@@ -260,6 +255,18 @@ def _train(config: RunConfig, run_id: str, files: RunDir, sink: ev.Sink, resume:
                      base_score=probing.base_score if probing else None,
                      stopped_early=bool(probing and probing.stopped_early)))
     return result
+
+
+def _save_result(peft_model, tokenizer, config: RunConfig, files: RunDir, run_id: str, step: int,
+                 probing: Probing | None, log: Log) -> Path:
+    """The run's adapter: the best held-out evaluation's when one was kept, else the last step's."""
+    from backpropagate_core.training import checkpoints
+
+    if probing is not None and probing.best_step is not None:
+        log(f"kept the adapter of step {probing.best_step} (best held-out result)")
+        return checkpoints.promote(files.best, files.adapter)
+    return checkpoints.save_adapter(peft_model, tokenizer, files.adapter,
+                                    {"model": config.model, "run_id": run_id, "step": step})
 
 
 def _resolve(config: RunConfig, saved: Path | None, reuse: bool, hw, train_tok: list[dict],

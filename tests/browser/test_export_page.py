@@ -93,6 +93,7 @@ def test_export_q4_k_m_verified_with_ollama_command_then_chat(page, server, fini
     page.get_by_test_id("chat-ask").click()
     expect(page.get_by_test_id("answer-transformers")).to_be_visible(timeout=CHAT_TIMEOUT_MS)
     expect(page.get_by_test_id("answer-llama.cpp")).to_contain_text("tokens")
+    expect(page.get_by_test_id("answer-base")).to_contain_text("Base model")  # base · fine-tuned · GGUF
     expect(page.get_by_test_id("chat-verdict")).not_to_be_empty()
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "export-chat")

@@ -4,6 +4,8 @@ the next question), and the card showing both."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import reflex as rx
 
 from backpropagate_app import components as ui
@@ -17,9 +19,11 @@ MAX_PROMPT = 4000
 CHAT_TOKENS = 128
 
 
-def answer(run_id: str, source: str, gguf_key: str, prompt: str) -> tuple[list[dict], str]:
-    """Answer cards and verdict for one prompt, from the run's adapter (or checkpoint) and
-    GGUF; blocking (the State calls it through asyncio.to_thread)."""
+def answer(run_id: str, source: str, gguf_key: str, prompt: str,
+           on_cards: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], str]:
+    """Answer cards and verdict for one prompt, from the base model, the run's adapter (or
+    checkpoint) and GGUF; blocking (the State calls it off the event loop). `on_cards`
+    gets the cards as the answers grow, token by token."""
     if not prompt.strip():
         raise BackpropError("INPUT_EXPORT_OPTION_INVALID", "type a question first")
     if len(prompt) > MAX_PROMPT:
@@ -32,8 +36,15 @@ def answer(run_id: str, source: str, gguf_key: str, prompt: str) -> tuple[list[d
             raise BackpropError("INPUT_EXPORT_SOURCE_INVALID", f"{source!r} is not a checkpoint of this run")
         target = str(RunDir(run.run_dir).checkpoint(source))
     gguf = view.gguf_path(run.summary, gguf_key)  # a key of the run's exports, never a browser path
-    out = facade.chat_once(target, prompt, gguf, CHAT_TOKENS)
-    return view.chat_view(out.model_dump(), gguf_key if gguf else "")
+    label = gguf_key if gguf else ""
+    grown: dict[str, dict] = {}
+
+    def partial(body: dict) -> None:
+        grown[body["engine"]] = {"text": body["text"], "tokens": [], "seconds": 0.0}
+        on_cards(view.chat_view({"answers": grown}, label, streaming=True)[0])
+
+    out = facade.chat_once(target, prompt, gguf, CHAT_TOKENS, on_partial=partial if on_cards else None)
+    return view.chat_view(out.model_dump(), label)
 
 
 def chat_card(S) -> rx.Component:
@@ -44,9 +55,9 @@ def chat_card(S) -> rx.Component:
                   spacing="2", width="100%"),
         width="100%", data_testid=f"answer-{a['engine']}")
     return ui.card(
-        rx.text("Ask the fine-tuned model and its GGUF the same question: both answer greedily from the "
-                "same prompt tokens, so a good export answers like the model that was trained. Each "
-                "question loads the models afresh, which takes a few seconds.", size="2"),
+        rx.text("Ask the base model, the fine-tuned model and its GGUF the same question: each answers "
+                "greedily from the same prompt tokens, so a good export answers like the model that was "
+                "trained. The models stay loaded between questions; the first one loads them.", size="2"),
         rx.grid(
             labelled("Compare with", picker(S.chat_ggufs, S.chat_gguf, S.set_chat_gguf, "chat-gguf",
                                              disabled=S.exporting)),

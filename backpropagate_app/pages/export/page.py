@@ -63,7 +63,7 @@ class ExportState(rx.State):
     load_error: dict[str, str] = {}
     start_error: dict[str, str] = {}
     starting: bool = False
-    # The run's newest export run, as export_view.ExportFollow.read() gives it.
+    # The run's newest export run, as view.ExportFollow.read() gives it.
     job: str = ""
     status: str = ""
     title: str = ""
@@ -213,10 +213,22 @@ class ExportState(rx.State):
         async with self:
             if self.chatting or not self.run_id:
                 return
-            self.chatting, self.chat_error = True, {}
+            self.chatting, self.chat_error, self.answers, self.verdict = True, {}, [], ""
             args = (self.run_id, self.source, self.chat_gguf, self.prompt)
+        # The answers stream in: the engine thread hands each new set of cards to this task.
+        loop, grown = asyncio.get_running_loop(), asyncio.Queue()
+        on_cards = lambda cards: loop.call_soon_threadsafe(grown.put_nowait, cards)  # noqa: E731
         async with _chat_slot:
-            out, error = await attempt(answer, *args)
+            work = asyncio.ensure_future(attempt(answer, *args, on_cards=on_cards))
+            while not work.done():
+                waiter = asyncio.ensure_future(grown.get())
+                done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if waiter in done:
+                    async with self:
+                        self.answers = waiter.result()
+                else:
+                    waiter.cancel()
+            out, error = work.result()
         answers, verdict = out or ([], "")
         async with self:
             self.chatting, self.answers, self.verdict, self.chat_error = False, answers, verdict, error

@@ -354,14 +354,16 @@ ENGINE_LABELS = {"base": "Base model (no adapter)", "transformers": "Fine-tuned 
                  "llama.cpp": "GGUF (llama.cpp)"}
 
 
-def chat_view(out: dict, gguf_label: str = "") -> tuple[list[dict[str, str]], str]:
-    """(answer cards, verdict) from `worker.chat_once`'s result."""
+def chat_view(out: dict, gguf_label: str = "", streaming: bool = False) -> tuple[list[dict[str, str]], str]:
+    """(answer cards, verdict) from `worker.chat_once`'s result (or, `streaming`, from the
+    answers so far)."""
     cards = []
     for engine, a in (out.get("answers") or {}).items():
         label = ENGINE_LABELS.get(engine, engine)
         if engine == "llama.cpp" and gguf_label:
             label = f"GGUF {gguf_label} (llama.cpp)"
         cards.append({"engine": engine, "label": label, "text": a.get("text") or "(empty answer)",
-                      "meta": f"{len(a.get('tokens') or [])} tokens · {a.get('seconds', 0):.1f} s"})
+                      "meta": "answering…" if streaming else
+                      f"{len(a.get('tokens') or [])} tokens · {a.get('seconds', 0):.1f} s"})
     verdict = {True: "identical answers", False: "the answers differ", None: ""}[out.get("identical")]
     return cards, verdict

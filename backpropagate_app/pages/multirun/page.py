@@ -4,7 +4,7 @@ training and merging, see how much earlier chunks were forgotten, and compare tw
 finished campaigns.
 
 This module lays the page out; its States (`MultiRunState`, the form and the comparison;
-`CampaignRun`, the campaign being watched) are in `multirun_state.py`.
+`CampaignRun`, the campaign being watched) are in `state.py` beside this module.
 """
 
 from __future__ import annotations
