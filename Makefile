@@ -38,6 +38,9 @@ $(CORE_STAMP): pyproject.toml Makefile
 
 $(STAMP): $(CORE_STAMP)
 	$(BIN)/pip install -q -e '.[ui,export,monitoring,dev]'
+	# Go's own text/template (as WebAssembly, from npm): the tests render Ollama TEMPLATEs with it.
+	test -f $(TOOLS)/node_modules/@evertdespiegeleer/go-template/dist/main.wasm || \
+		npm install --silent --prefix $(TOOLS) @evertdespiegeleer/go-template@1.0.2
 	touch $(STAMP)
 
 # Debian's chromium for the browser tests (Playwright must not download its own).

