@@ -41,6 +41,13 @@ $(STAMP): $(CORE_STAMP)
 	# Go's own text/template (as WebAssembly, from npm): the tests render Ollama TEMPLATEs with it.
 	test -f $(TOOLS)/node_modules/@evertdespiegeleer/go-template/dist/main.wasm || \
 		npm install --silent --prefix $(TOOLS) @evertdespiegeleer/go-template@1.0.2
+	# Real chat templates of many model families, as llama.cpp ships them in the
+	# llama-cpp-python source package (PyPI): the Ollama TEMPLATE tests use them.
+	test -d $(TOOLS)/chat-templates || { rm -rf $(TOOLS)/sdist && \
+		$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(TOOLS)/sdist && \
+		tar xzf $(TOOLS)/sdist/llama_cpp_python-0.3.36.tar.gz -C $(TOOLS)/sdist --wildcards '*/models/templates/*' && \
+		mv $(TOOLS)/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates $(TOOLS)/chat-templates && \
+		rm -rf $(TOOLS)/sdist; }
 	touch $(STAMP)
 
 # Debian's chromium for the browser tests (Playwright must not download its own).

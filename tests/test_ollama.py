@@ -5,7 +5,9 @@ a local server implementing Ollama's documented API."""
 from __future__ import annotations
 
 import json
+import re
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -225,3 +227,68 @@ def test_smollm2s_real_template_round_trips_token_for_token():
         got = ollama_prompt(tmpl, messages)
         assert tokenizer(got, add_special_tokens=False)["input_ids"] == \
             tokenizer(want, add_special_tokens=False)["input_ids"], (messages, got, want)
+
+
+# ---- the real chat templates of the families people fine-tune ------------------------------------
+
+TEMPLATES = Path(__file__).resolve().parents[1] / ".tools" / "chat-templates"
+FAMILIES = {
+    # template file (as llama.cpp ships it): the tokenizer's BOS, EOS, and whether the real
+    # tokenizer puts BOS in front of every text itself (llama.cpp then does too)
+    "HuggingFaceTB-SmolLM3-3B.jinja": (None, "<|im_end|>", False),
+    "Qwen-Qwen2.5-7B-Instruct.jinja": (None, "<|im_end|>", False),
+    "Qwen-Qwen3-0.6B.jinja": (None, "<|im_end|>", False),
+    "meta-llama-Llama-3.1-8B-Instruct.jinja": ("<|begin_of_text|>", "<|eot_id|>", True),
+    "meta-llama-Llama-3.2-3B-Instruct.jinja": ("<|begin_of_text|>", "<|eot_id|>", True),
+    "mistralai-Mistral-Nemo-Instruct-2407.jinja": ("<s>", "</s>", True),
+    "google-gemma-2-2b-it.jinja": ("<bos>", "<end_of_turn>", True),
+    "microsoft-Phi-3.5-mini-instruct.jinja": ("<s>", "<|endoftext|>", True),
+}
+
+
+def family_tokenizer(tiny_tokenizer, name: str):
+    import copy
+
+    if not (TEMPLATES / name).is_file():
+        pytest.fail(f"{TEMPLATES / name} is missing: `make install` extracts the templates")
+    from tokenizers.processors import TemplateProcessing
+
+    bos, eos, adds_bos = FAMILIES[name]
+    tok = copy.deepcopy(tiny_tokenizer)
+    markers = sorted(set(re.findall(r"<\|[a-z_]+\|>|<[a-z_]+>|\[/?INST\]|</s>", (TEMPLATES / name).read_text())))
+    tok.add_special_tokens({"additional_special_tokens": [m for m in {*markers, eos, bos} - {None}
+                                                          if m not in tok.get_vocab()]})
+    tok.bos_token, tok.eos_token = bos, eos
+    if adds_bos:
+        tok._tokenizer.post_processor = TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))])
+    tok.chat_template = (TEMPLATES / name).read_text()
+    return tok
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_export_says_truly_whether_ollama_formats_like_training(tiny_tokenizer, name):
+    """For each family's real template: Go renders our TEMPLATE; the export's `faithful`
+    must be exactly whether that equals training's prompt on every checked conversation,
+    and our Python rendering of the TEMPLATE must be Go's."""
+    tok = family_tokenizer(tiny_tokenizer, name)
+    tmpl = ollama.template_from_tokenizer(tok)
+    bos, _eos, adds_bos = FAMILIES[name]
+    prefix = bos if adds_bos else ""  # llama.cpp puts BOS in front of Ollama's prompt itself
+    agree = True
+    for messages in ollama.CHECK_CONVERSATIONS:
+        try:
+            want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - the family refuses this conversation (Jinja raise_exception)
+            continue
+        shown = messages
+        if tmpl.system and not any(m["role"] == "system" for m in messages):
+            shown = [{"role": "system", "content": tmpl.system}] + messages
+        by_go = _GO.render(tmpl.template, messages_data(shown))
+        assert ollama.render_messages(tmpl.template, shown) == by_go
+        agree = agree and prefix + by_go == want
+    assert tmpl.faithful is agree, tmpl.mismatch
+    RESULTS[name] = "faithful" if agree else f"not faithful: {tmpl.mismatch}"
+
+
+RESULTS: dict[str, str] = {}

@@ -291,3 +291,14 @@ def test_run_page_lists_the_exports_and_an_export_links_to_its_run(isolated_home
     assert (shown["kind"], shown["parent"], shown["exports"]) == ("export", run_id, [])
     assert any(e["kind"] == "export_progress" or "loading" in e["text"] for e in shown["events"])
     assert details.poll() is None  # nothing new
+
+
+def test_an_unfaithful_ollama_template_is_said_on_the_export_card():
+    from backpropagate_app.pages.export import view
+
+    result = {"format": "gguf", "quantization": "q8_0", "path": "/x/run-q8_0.gguf", "verification": {},
+              "ollama": {"template": "...", "faithful": False, "mismatch": "conversation 1: the date header"}}
+    (row,) = view.done_view({"result": result}, {})["checks"]
+    assert row["status"] == "bad" and "differently from training" in row["value"] and "date header" in row["value"]
+    result["ollama"] = {"template": "...", "faithful": True}
+    assert view.done_view({"result": result}, {})["checks"][0]["status"] == "ok"

@@ -151,6 +151,12 @@ def _print_result(result) -> None:
         console.print("  verified: files identical to the run's adapter")
     else:
         console.print("  [yellow]not verified[/]")
+    template = result.ollama or {}
+    if template.get("faithful") is True:
+        console.print("  Ollama TEMPLATE: formats prompts exactly like training")
+    elif template.get("faithful") is False:
+        console.print(f"  [yellow]Ollama TEMPLATE formats prompts differently from training[/]: {template.get('mismatch')}",
+                      highlight=False)
 
 
 @app.command()

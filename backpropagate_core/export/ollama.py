@@ -37,6 +37,10 @@ class OllamaTemplate:
     system: str | None = None
     """Default system prompt the training template inserts, if any."""
     stop: list[str] = field(default_factory=list)
+    faithful: bool | None = None
+    """Whether Ollama's prompt equals training's for the checked conversations (`check`)."""
+    mismatch: str | None = None
+    """The first checked conversation whose prompt differs, and how."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,8 +57,20 @@ class Registration:
     run_command: str
 
 
+CHECK_CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "Why knead dough?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "A fact, please."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+]
+"""No system turn, a system turn, several turns: each with the generation prompt."""
+
+
 def template_from_tokenizer(tokenizer: Any) -> OllamaTemplate:
-    """Derive the Ollama template from an HF tokenizer's chat template."""
+    """Derive the Ollama template from an HF tokenizer's chat template, checked on
+    CHECK_CONVERSATIONS (`faithful`, `mismatch`)."""
     from backpropagate_core.data.templates import ensure_chat_template
 
     ensure_chat_template(tokenizer)
@@ -68,8 +84,85 @@ def template_from_tokenizer(tokenizer: Any) -> OllamaTemplate:
                  if getattr(t, "special", False)]
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     adds_bos = tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
-    return derive_template(render, tokenizer.bos_token if adds_bos else None, tokenizer.eos_token,
-                           sorted(set(specials)))
+    bos = tokenizer.bos_token if adds_bos else None
+    tmpl = derive_template(render, bos, tokenizer.eos_token, sorted(set(specials)))
+    return check(tmpl, render, bos or "")
+
+
+def check(tmpl: OllamaTemplate, render: Callable[..., str], bos: str = "") -> OllamaTemplate:
+    """Render CHECK_CONVERSATIONS as Ollama would and as training did; record whether they
+    agree. `bos`: what llama.cpp puts in front of Ollama's prompt by itself."""
+    from jinja2 import TemplateError
+
+    tmpl.faithful, tmpl.mismatch = True, None
+    for n, messages in enumerate(CHECK_CONVERSATIONS, 1):
+        try:
+            want = render(messages, add_generation_prompt=True)
+        except (TemplateError, ValueError, TypeError):
+            continue  # training's template refuses this conversation (Mistral: no system turn)
+        shown = messages
+        if tmpl.system and not any(m["role"] == "system" for m in messages):
+            shown = [{"role": "system", "content": tmpl.system}] + messages
+        got = bos + render_messages(tmpl.template, shown)
+        if got != want:
+            at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            tmpl.faithful = False
+            tmpl.mismatch = (f"conversation {n}: Ollama's prompt {got[max(0, at - 20):at + 40]!r} "
+                             f"differs from training's {want[max(0, at - 20):at + 40]!r}")
+            break
+    return tmpl
+
+
+def render_messages(template: str, messages: list[dict]) -> str:
+    """What Go's text/template makes of the TEMPLATEs `derive_template` writes: literal
+    text, a range over .Messages with role branches and .Content, literal text. The tests
+    hold it to Go's own engine."""
+    parts = [p for p in re.split(r"({{.*?}})", template) if p]
+    start = parts.index("{{ range .Messages }}")
+    end = _matching_end(parts, start + 1)
+    out = [_literal(p) for p in parts[:start]]
+    for message in messages:
+        _branches(parts[start + 1:end], message, out)
+    out.extend(_literal(p) for p in parts[end + 1:])
+    return "".join(out)
+
+
+def _matching_end(parts: list[str], start: int) -> int:
+    depth = 1
+    for k in range(start, len(parts)):
+        action = parts[k][2:-2].strip() if parts[k].startswith("{{") and parts[k] != '{{ "{{" }}' else None
+        if action is None:
+            continue
+        if action.startswith(("if ", "range ")):
+            depth += 1
+        elif action == "end":
+            depth -= 1
+            if depth == 0:
+                return k
+    raise ValueError("unbalanced template")
+
+
+def _branches(parts: list[str], message: dict, out: list[str]) -> None:
+    """One `{{ if eq .Role "x" }}...{{ else if eq .Role "y" }}...{{ end }}` for one message."""
+    taking = False
+    taken = False
+    for part in parts:
+        action = part[2:-2].strip() if part.startswith("{{") and part != '{{ "{{" }}' else None
+        if action is not None and (action.startswith("if eq .Role") or action.startswith("else if eq .Role")):
+            role = re.search(r'"(\w+)"', action).group(1)
+            taking = not taken and message["role"] == role
+            taken = taken or taking
+        elif action == "end":
+            taking = False
+        elif action == ".Content":
+            if taking:
+                out.append(message["content"])
+        elif taking:
+            out.append(_literal(part))
+
+
+def _literal(part: str) -> str:
+    return "{{" if part == '{{ "{{" }}' else part
 
 
 def derive_template(render: Callable[..., str], bos: str | None, eos: str | None,

@@ -292,8 +292,20 @@ def done_view(summary: dict, config: dict) -> dict[str, Any]:
               "seconds": fmt_duration(r.get("seconds")), "format": r.get("format", ""),
               "quantization": r.get("quantization") or "",
               "verified": "verified" if (r.get("verification") or {}).get("passed") else "not verified"}
-    return {"result": result, "checks": verification_rows(r.get("verification") or {}),
+    checks = verification_rows(r.get("verification") or {}) + template_rows(r.get("ollama") or {})
+    return {"result": result, "checks": checks,
             "ollama": ollama_view(summary, config), "ollama_error": summary.get("ollama_error") or {}}
+
+
+def template_rows(template: dict) -> list[dict[str, str]]:
+    """Whether Ollama's TEMPLATE gives the prompts training gave (checked at export)."""
+    if template.get("faithful") is None:
+        return []
+    if template["faithful"]:
+        return [{"label": "Ollama TEMPLATE", "status": "ok",
+                 "value": "formats prompts exactly like training (no system, system, multi-turn)"}]
+    return [{"label": "Ollama TEMPLATE", "status": "bad",
+             "value": "Ollama will format prompts differently from training: " + (template.get("mismatch") or "")}]
 
 
 def verification_rows(v: dict) -> list[dict[str, str]]:
