@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import reflex as rx
 
+from backpropagate_app import facade
 from backpropagate_app.display import STATUS_COLORS
 
 
@@ -89,3 +90,26 @@ def empty_note(text: str, test_id: str = "") -> rx.Component:
 
 def code_text(value) -> rx.Component:
     return rx.code(value, variant="ghost", size="2", style={"word_break": "break-all"})
+
+
+def model_select(S, disabled, note: str = "", on_custom_blur=None) -> rx.Component:
+    """Preset select with a custom entry, and the custom model box when it is chosen; `S`
+    has presets, model_choice, custom_model, set_model_choice and set_custom_model."""
+    box = dict(on_blur=on_custom_blur) if on_custom_blur is not None else {}
+    return rx.vstack(
+        rx.text("Model", size="2", weight="bold"),
+        rx.select.root(
+            rx.select.trigger(width="100%", data_testid="model-select"),
+            rx.select.content(
+                rx.foreach(S.presets, lambda p: rx.select.item(p["label"], value=p["value"])),
+                rx.select.separator(),
+                rx.select.item("Custom: hub id or local folder…", value=facade.CUSTOM_MODEL),
+            ),
+            value=S.model_choice, on_change=S.set_model_choice, disabled=disabled,
+        ),
+        rx.cond(S.model_choice == facade.CUSTOM_MODEL,
+                rx.input(placeholder="org/model-name or /path/to/model", value=S.custom_model,
+                         on_change=S.set_custom_model, width="100%", data_testid="custom-model", **box)),
+        *([rx.text(note, size="1", color_scheme="gray")] if note else []),
+        spacing="1", width="100%",
+    )

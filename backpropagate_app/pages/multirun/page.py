@@ -12,7 +12,6 @@ from __future__ import annotations
 import reflex as rx
 
 from backpropagate_app import components as ui
-from backpropagate_app import facade
 from backpropagate_app.pages.multirun import view
 from backpropagate_app.live import event_log, outcome, progress_block
 from backpropagate_app.pages.multirun.state import CampaignRun, MultiRunState
@@ -36,23 +35,7 @@ def picker(items, value, on_change, test_id: str, placeholder: str = "", disable
 
 
 def model_field() -> rx.Component:
-    return rx.vstack(
-        rx.text("Model", size="2", weight="bold"),
-        rx.select.root(
-            rx.select.trigger(width="100%", data_testid="model-select"),
-            rx.select.content(
-                rx.foreach(S.presets, lambda p: rx.select.item(p["label"], value=p["value"])),
-                rx.select.separator(),
-                rx.select.item("Custom: hub id or local folder…", value=facade.CUSTOM_MODEL),
-            ),
-            value=S.model_choice, on_change=S.set_model_choice, disabled=C.active,
-        ),
-        rx.cond(S.model_choice == facade.CUSTOM_MODEL,
-                rx.input(placeholder="org/model-name or /path/to/model", value=S.custom_model,
-                         on_change=S.set_custom_model, width="100%", data_testid="custom-model")),
-        rx.text("Loaded once; every run trains the same LoRA adapter on it.", size="1", color_scheme="gray"),
-        spacing="1", width="100%",
-    )
+    return ui.model_select(S, C.active, "Loaded once; every run trains the same LoRA adapter on it.")
 
 
 def dataset_field() -> rx.Component:

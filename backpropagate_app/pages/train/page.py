@@ -201,26 +201,7 @@ class TrainState(rx.State):
 # ---- layout -------------------------------------------------------------------------------
 
 def model_picker() -> rx.Component:
-    S = TrainState
-    return rx.vstack(
-        rx.text("Model", size="2", weight="bold"),
-        rx.select.root(
-            rx.select.trigger(width="100%", data_testid="model-select"),
-            rx.select.content(
-                rx.foreach(S.presets, lambda p: rx.select.item(p["label"], value=p["value"])),
-                rx.select.separator(),
-                rx.select.item("Custom: hub id or local folder…", value=facade.CUSTOM_MODEL),
-            ),
-            value=S.model_choice, on_change=S.set_model_choice, disabled=TrainRun.active,
-        ),
-        rx.cond(
-            S.model_choice == facade.CUSTOM_MODEL,
-            rx.input(placeholder="org/model-name or /path/to/model", value=S.custom_model,
-                     on_change=S.set_custom_model, on_blur=S.custom_model_done,
-                     width="100%", data_testid="custom-model"),
-        ),
-        spacing="1", width="100%",
-    )
+    return ui.model_select(TrainState, TrainRun.active, on_custom_blur=TrainState.custom_model_done)
 
 
 def dataset_picker() -> rx.Component:
