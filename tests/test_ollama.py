@@ -282,3 +282,11 @@ def test_the_export_says_truly_whether_ollama_formats_like_training(tiny_tokeniz
 
 
 RESULTS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("name", ["meta-llama-Llama-3.1-8B-Instruct.jinja", "meta-llama-Llama-3.2-3B-Instruct.jinja",
+                                  "Qwen-Qwen2.5-7B-Instruct.jinja", "google-gemma-2-2b-it.jinja"])
+def test_these_families_format_like_training_in_ollama(tiny_tokenizer, name):
+    """Llama 3.x writes a dated system header into every chat; the TEMPLATE does too."""
+    tmpl = ollama.template_from_tokenizer(family_tokenizer(tiny_tokenizer, name))
+    assert tmpl.faithful, tmpl.mismatch

@@ -57,6 +57,8 @@ class Registration:
     run_command: str
 
 
+NO_SYSTEM_YET = '{{ if ne (index .Messages 0).Role "system" }}'
+"""Opens what the TEMPLATE writes before the turns when the chat starts without a system turn."""
 CHECK_CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "Why knead dough?"}],
@@ -120,7 +122,12 @@ def render_messages(template: str, messages: list[dict]) -> str:
     parts = [p for p in re.split(r"({{.*?}})", template) if p]
     start = parts.index("{{ range .Messages }}")
     end = _matching_end(parts, start + 1)
-    out = [_literal(p) for p in parts[:start]]
+    out = []
+    if parts[:1] == [NO_SYSTEM_YET]:
+        if messages and messages[0]["role"] != "system":
+            out.extend(_literal(p) for p in parts[1:start - 1])
+    else:
+        out.extend(_literal(p) for p in parts[:start])
     for message in messages:
         _branches(parts[start + 1:end], message, out)
     out.extend(_literal(p) for p in parts[end + 1:])
@@ -180,6 +187,10 @@ def derive_template(render: Callable[..., str], bos: str | None, eos: str | None
     turn = render([{"role": "user", "content": m["user"]}, {"role": "assistant", "content": m["assistant"]}])
     two = render([{"role": "user", "content": m["user"]}, {"role": "assistant", "content": m["assistant"]},
                   {"role": "user", "content": m["user2"]}])
+    if eos and all(text.endswith(eos) for text in (one, turn, two)) and not prompt.endswith(eos):
+        # The template ends a chat without a generation prompt with EOS (Phi-3.5): that is
+        # no part of any turn, and Ollama always asks with a generation prompt.
+        one, turn, two = (text[: len(text) - len(eos)] for text in (one, turn, two))
     head, user_suffix = one.split(m["user"])
     gen = prompt[len(one):] if prompt.startswith(one) else ""
     assistant_prefix, assistant_suffix = turn[len(one):].split(m["assistant"])
@@ -202,7 +213,12 @@ def derive_template(render: Callable[..., str], bos: str | None, eos: str | None
         system_suffix = middle[: len(middle) - len(user_prefix)] if middle.endswith(user_prefix) else middle
         if head and head.startswith(system_prefix) and head.endswith(system_suffix):
             default_system = head[len(system_prefix): len(head) - len(system_suffix)] or None
-    parts = ["{{ range .Messages }}"]
+    parts = []
+    if head and system_prefix is not None and head == system_prefix + system_suffix:
+        # The template writes an empty system turn when the chat has none (Llama 3.x, with
+        # its date lines): so does the TEMPLATE. The date is the export's day.
+        parts.append(NO_SYSTEM_YET + _lit(head) + "{{ end }}")
+    parts.append("{{ range .Messages }}")
     if system_prefix is not None:
         parts.append('{{ if eq .Role "system" }}' + _lit(system_prefix) + "{{ .Content }}"
                      + _lit(system_suffix) + "{{ else if eq .Role \"user\" }}")
