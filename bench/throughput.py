@@ -481,7 +481,8 @@ def report(runs: dict[str, list[dict]], work: Work, peaks: dict, json_path: str 
         best[v]["tok_cpu_s"] = max(r["tok_cpu_s"] for r in ok)
     base = best.get("a", {})
     for v, top in best.items():
-        kind = "fp32" if v in ("a", "d-bf16") else "bf16"
+        # Without fast bf16 (bf16 matmuls slower than fp32: emulated), auto precision is fp32.
+        kind = "fp32" if v in ("a", "d-bf16") or peaks["bf16"] < peaks["fp32"] else "bf16"
         mfu = top["tok_s"] * flop / (peaks[kind] * 1e9) if peaks[kind] else 0.0
         mfu_cpu = top["tok_cpu_s"] * flop / (peaks[f"{kind}_cpu"] * 1e9) if peaks[f"{kind}_cpu"] else 0.0
         wall = f"{top['tok_s'] / base['tok_s']:.2f}" if base else "-"

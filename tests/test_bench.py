@@ -43,3 +43,9 @@ def test_random_model_keeps_the_shape_and_tokenizer(tiny_llama, tmp_path):
     copy = json.loads((tmp_path / "copy" / "config.json").read_text())
     assert copy["hidden_size"] == original["hidden_size"] and copy["vocab_size"] == original["vocab_size"]
     assert (tmp_path / "copy" / "tokenizer.json").is_file() and (tmp_path / "copy" / "model.safetensors").is_file()
+
+
+def test_step_profile_splits_the_time(tiny_llama):
+    proc = _bench("bench/profile_step.py", "--model", str(tiny_llama), "--steps", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "matrix products" in proc.stdout and "s per step" in proc.stdout and "aten::" in proc.stdout
