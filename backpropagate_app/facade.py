@@ -96,6 +96,12 @@ def safe_filename(name: str) -> str:
     return sandbox.sanitize_filename(name, DATASET_TYPES)
 
 
+def upload_file(name: str) -> sandbox.StreamedFile:
+    """Where an upload is streamed to: a private partial file in the uploads folder, capped
+    at the upload limit, checked by content and renamed into place by `finish()`."""
+    return sandbox.StreamedFile(uploads_dir(), safe_filename(name), settings().ui.max_upload_mb * 1024 * 1024)
+
+
 def save_upload(name: str, data: bytes) -> Path:
     """Store uploaded bytes under the uploads folder; refuses oversized or empty files."""
     limit_mb = settings().ui.max_upload_mb

@@ -209,3 +209,22 @@ def test_folder_loading_never_follows_a_link(tmp_path):
     (folder / "train-dir").symlink_to(outside)
     loaded = load(folder)
     assert [ex.text for ex in loaded.examples] == ["mine"]
+
+
+def test_uploads_stream_to_disk_within_the_limit_and_leave_nothing_when_refused(tmp_path):
+    base = tmp_path / "uploads"
+    base.mkdir()
+    good = sandbox.StreamedFile(base, "data.jsonl", limit=64)
+    for chunk in (b'{"text": "a"}\n', b'{"text": "b"}\n'):
+        good.write(chunk)
+    assert good.finish() == base.resolve() / "data.jsonl" and (base / "data.jsonl").read_bytes().count(b"\n") == 2
+    big = sandbox.StreamedFile(base, "big.jsonl", limit=64)
+    with pytest.raises(BackpropError) as err:
+        for _ in range(10):
+            big.write(b'{"text": "0123456789"}\n')
+    assert err.value.code == "INPUT_UPLOAD_TOO_LARGE"
+    liar = sandbox.StreamedFile(base, "liar.jsonl", limit=64)
+    liar.write(b"PK\x03\x04 a zip file")
+    with pytest.raises(BackpropError):
+        liar.finish()
+    assert sorted(p.name for p in base.iterdir()) == ["data.jsonl"]  # no partials, no refused files

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from urllib.parse import quote
 
 import reflex as rx
@@ -16,6 +19,21 @@ from backpropagate_core.errors import BackpropError
 UPLOAD_ID = "dataset_upload"
 ACCEPT = {"application/json": [".json", ".jsonl"], "application/x-ndjson": [".jsonl"],
           "text/csv": [".csv"], "application/octet-stream": [".parquet", ".jsonl"]}
+
+
+UPLOAD_CHUNK = 1 << 20
+
+
+async def _stream_to_disk(upload) -> Path:
+    """The upload, a megabyte at a time, into the uploads folder (never whole in memory)."""
+    target = facade.upload_file(upload.name or "")
+    try:
+        while chunk := await upload.read(UPLOAD_CHUNK):
+            target.write(chunk)
+        return await asyncio.to_thread(target.finish)
+    except BaseException:
+        target.abort()
+        raise
 
 
 class DatasetState(rx.State):
@@ -56,7 +74,7 @@ class DatasetState(rx.State):
             if upload.size is not None and upload.size > limit:
                 raise BackpropError("INPUT_UPLOAD_TOO_LARGE",
                                     f"{upload.name} is {upload.size / 2**20:.1f} MB; the limit is {self.max_upload_mb} MB")
-            saved = facade.save_upload(upload.name or "", await upload.read())
+            saved = await _stream_to_disk(upload)
         except BackpropError as err:
             self.upload_error = error_view(err)
             return

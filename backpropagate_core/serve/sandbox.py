@@ -209,6 +209,47 @@ def write_bytes(base: str | os.PathLike, name: str, data: bytes) -> Path:
     return target
 
 
+class StreamedFile:
+    """A file written chunk by chunk to a fresh `.partial` (O_EXCL | O_NOFOLLOW) in `base`,
+    never more than `limit` bytes, checked by content and renamed into place only when
+    complete: an upload never sits in memory whole, and a failed one leaves nothing."""
+
+    def __init__(self, base: str | os.PathLike, name: str, limit: int) -> None:
+        self.target = inside(base, name)
+        if self.target.parent != Path(base).expanduser().resolve():
+            raise BackpropError("INPUT_PATH_FORBIDDEN", f"{name!r} is not a plain file name")
+        self.limit, self.size = limit, 0
+        self.partial = self.target.with_name(f".{self.target.name}.{os.getpid()}.partial")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+        self._out = os.fdopen(os.open(self.partial, flags, 0o600), "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.abort()
+            raise BackpropError("INPUT_UPLOAD_TOO_LARGE", f"{self.target.name} is over the limit of "
+                                f"{self.limit / 2**20:.0f} MB")
+        self._out.write(chunk)
+
+    def finish(self) -> Path:
+        """Check the content (`sniff_upload`) and move the file into place."""
+        self._out.close()
+        try:
+            if self.size == 0:
+                raise BackpropError("INPUT_UPLOAD_INVALID", f"{self.target.name} is empty")
+            sniff_upload(self.partial, self.target.suffix)
+            os.replace(self.partial, self.target)
+        except BaseException:
+            self.abort()
+            raise
+        return self.target
+
+    def abort(self) -> None:
+        if not self._out.closed:
+            self._out.close()
+        self.partial.unlink(missing_ok=True)
+
+
 # ---- content sniffing --------------------------------------------------------------------
 
 _SAMPLE = 1 << 20
