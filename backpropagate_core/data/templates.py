@@ -17,7 +17,7 @@ from backpropagate_core.errors import BackpropError
 if TYPE_CHECKING:
     from backpropagate_core.data.formats import Example
 
-from backpropagate_core.runs.layout import IGNORE_INDEX  # noqa: E402,F401  (labels of untrained tokens)
+from backpropagate_core.runs.layout import IGNORE_INDEX  # noqa: E402 - labels of untrained tokens
 """Label value the loss skips (transformers' convention)."""
 
 _CHATML = (

@@ -72,14 +72,16 @@ def unfinished(run: Run) -> bool:
 
 
 def open_campaign(store: RunStore, config: RunConfig, settings: CampaignSettings, *,
-                  run_id: str | None = None, fresh: bool = False, name: str | None = None) -> Run:
+                  run_id: str | None = None, fresh: bool = False, name: str | None = None,
+                  n_examples: int | None = None) -> Run:
     """A queued campaign run ready to execute: new, or `run_id` started over.
 
     Raises STATE_CAMPAIGN_UNFINISHED when `run_id`, or a campaign with the same model,
-    data and settings, stopped part-way, unless `fresh` is set.
+    data and settings, stopped part-way, unless `fresh` is set; CONFIG_INVALID when the
+    dataset (`n_examples`, counted here when not given) is too small for the campaign.
     """
     wanted = stored_config(config, settings)
-    check_enough(settings, count_examples(config))
+    check_enough(settings, count_examples(config) if n_examples is None else n_examples)
     store.reap_dead()
     existing = _get_or_none(store, run_id) if run_id else None
     if existing is not None and (existing.kind != KIND or existing.active):

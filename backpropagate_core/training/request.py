@@ -8,7 +8,6 @@ a campaign too big for its data is refused with one coded error and leaves nothi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.store import Run, RunStore
@@ -26,8 +25,10 @@ def create_run(store: RunStore, model: str | None, data: str | Path, *, name: st
     if campaign is None:
         return store.create_run(config=config.model_dump(mode="json"), model=config.model,
                                 dataset=config.data, name=name, run_id=run_id)
-    settings = campaign_settings(n_examples=multirun.count_examples(config), **campaign)
-    return multirun.open_campaign(store, config, settings, run_id=run_id, fresh=fresh, name=name)
+    n_examples = multirun.count_examples(config)
+    settings = campaign_settings(n_examples=n_examples, **campaign)
+    return multirun.open_campaign(store, config, settings, run_id=run_id, fresh=fresh, name=name,
+                                  n_examples=n_examples)
 
 
 def checked_config(model: str | None, data: str | Path, name: str | None = None,
@@ -44,8 +45,3 @@ def checked_config(model: str | None, data: str | Path, name: str | None = None,
     resolve_model(config.model)
     config.data = str(path.resolve())
     return config
-
-
-def campaign_options(**values: Any) -> dict:
-    """The campaign part of a request, without the values left unset."""
-    return {k: v for k, v in values.items() if v is not None}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from backpropagate_core.runs.layout import IGNORE_INDEX  # noqa: E402,F401  (labels of untrained tokens)
+from backpropagate_core.runs.layout import IGNORE_INDEX  # noqa: E402 - labels of untrained tokens
 LABEL_INDEX = "label_index"
 """Collated key: flat positions whose next token carries a label (computed on the CPU)."""
 PACKED_LENGTHS = "packed_lengths"
