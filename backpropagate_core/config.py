@@ -28,6 +28,11 @@ class LoraSettings(BaseModel):
 
 
 class TrainingSettings(BaseModel):
+    method: Literal["auto", "sft", "dpo", "orpo"] = Field(
+        "auto", description="sft learns the answers; dpo and orpo learn which of two answers is preferred "
+                            "(preference datasets); auto: dpo for a preference dataset, else sft.")
+    beta: float | None = Field(None, gt=0, le=10, description="DPO: how far the model may move from its "
+                               "reference; ORPO: weight of the preference term. None picks 0.1.")
     steps: int | None = Field(None, ge=1, description="Optimizer steps; None derives it from epochs and dataset size.")
     epochs: float | None = Field(None, gt=0, description="Passes over the data when steps is None.")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate; None picks one for LoRA rank and model size.")

@@ -39,6 +39,13 @@ CATALOG: dict[str, ErrorSpec] = dict(
               "Make sure the file has at least one example with an assistant reply."),
         _spec("INPUT_DATASET_FORMAT_UNKNOWN", "No supported dataset format was recognised.",
               "Use ShareGPT (conversations), OpenAI (messages), Alpaca (instruction/output), prompt/completion or text records."),
+        _spec("INPUT_FEEDBACK_INVALID", "A chat feedback record is not usable.",
+              "Send the conversation ending with the user's turn, the model's answer, a verdict "
+              "of up, down or edit, and for edit the answer you wanted."),
+        _spec("INPUT_FEEDBACK_TOO_FEW", "There are too few preference pairs to train on.",
+              "Rate or correct more answers in the chat; `backprop feedback RUN` shows the pairs so far."),
+        _spec("INPUT_FILE_EXISTS", "The output file already exists and holds something else.",
+              "Choose another path, or pass --force to replace it."),
         _spec("INPUT_MODEL_NOT_FOUND", "The model spec is not a preset, a local folder, a .gguf file or a reachable hub id.",
               "Run `backprop presets` for the built-in names, or pass a local path or a hub id like Qwen/Qwen2.5-0.5B-Instruct."),
         _spec("INPUT_PATH_FORBIDDEN", "A path points outside the allowed folder.",

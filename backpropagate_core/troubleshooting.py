@@ -38,6 +38,17 @@ ENTRIES: dict[str, Entry] = {
     "INPUT_DATASET_FORMAT_UNKNOWN": Entry(
         "The dataset report says the format is unknown.",
         "The records use field names none of the supported formats use."),
+    "INPUT_FEEDBACK_INVALID": Entry(
+        "Rating or correcting a chat answer is refused.",
+        "The conversation does not end with the user's turn, the verdict is not up, down or edit, "
+        "or an edit has no corrected answer."),
+    "INPUT_FEEDBACK_TOO_FEW": Entry(
+        "Training on chat feedback is refused with a count of pairs.",
+        "A preference run needs a few (chosen, rejected) pairs; ratings of a single answer, or only "
+        "thumbs up, make none."),
+    "INPUT_FILE_EXISTS": Entry(
+        "A command that writes a file refuses to replace one.",
+        "A different file is already at that path, and replacing it would lose it."),
     "INPUT_MODEL_NOT_FOUND": Entry(
         "Training or export stops before loading weights: the model cannot be found or loaded.",
         "The name is not a preset, the folder has no config.json, or a hub id cannot be downloaded (offline, gated, mistyped)."),

@@ -3,7 +3,7 @@
 import sys
 
 from backpropagate_core.cli.app import app
-from backpropagate_core.cli import data, evaluate, export, hardware, info, multirun, runs, train, ui  # noqa: F401  (register commands)
+from backpropagate_core.cli import data, evaluate, export, feedback, hardware, info, multirun, runs, train, ui  # noqa: F401  (register commands)
 
 
 def main() -> None:

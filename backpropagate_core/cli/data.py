@@ -70,6 +70,12 @@ def _summary_table(result) -> Table:
             rows.append((f"over {result.max_seq_len} tokens", str(result.over_long)))
     else:
         rows.append(("tokens", "not counted (--model none)"))
+    if result.pairs:
+        pairs, unit = result.pairs, result.pairs["unit"]
+        rows += [("preference pairs", str(pairs["count"])),
+                 (f"chosen {unit} mean / p50 / max", "{mean} / {p50} / {max}".format(**pairs["chosen"])),
+                 (f"rejected {unit} mean / p50 / max", "{mean} / {p50} / {max}".format(**pairs["rejected"])),
+                 ("chosen is the longer answer", f"{pairs['chosen_longer']:.0%} of pairs")]
     for name, value in rows:
         table.add_row(name, value)
     return table

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from backpropagate_core.data.templates import ensure_chat_template, tokenize
-from backpropagate_core.data.formats import FORMATS, Example, RecordError, detect, has_key_of, normalise
+from backpropagate_core.data.formats import (FORMATS, Example, RecordError, detect, has_key_of, normalise,
+                                             normalise_preference)
 from backpropagate_core.errors import BackpropError
 
 __all__ = [
@@ -279,6 +280,9 @@ def _to_example(record: Any, fmt: str, n: int) -> Example:
         if found is None:
             raise RecordError(f"has none of the fields of the {fmt} format (found {sorted(record)})")
         raise RecordError(f"is in {found} format but the file is in {fmt} format (mixed formats)")
+    if fmt == "preference":
+        prompt, chosen, rejected = normalise_preference(record)
+        return Example(prompt + chosen, n, rejected=rejected, chosen_from=len(prompt))
     messages, text = normalise(record, fmt)
     return Example(messages, n, text)
 

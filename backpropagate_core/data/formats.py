@@ -1,10 +1,12 @@
-"""The five dataset record shapes we accept, and how each becomes chat messages.
+"""The six dataset record shapes we accept, and how each becomes chat messages.
 
 A record is one JSON object (a JSONL line, a CSV row, a parquet row). `detect` names its
 shape from the key that identifies it; `normalise` turns it into
 `[{"role": "system"|"user"|"assistant", "content": str}, ...]`, or raw text for `text`
-records. Anything malformed raises `RecordError` with a message that names the field and
-turn, so the loader can prefix the file and line.
+records. A `preference` record (a prompt with a chosen and a rejected answer, for DPO and
+ORPO) becomes the prompt followed by the chosen answer, plus the rejected answer apart.
+Anything malformed raises `RecordError` with a message that names the field and turn, so
+the loader can prefix the file and line.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from dataclasses import dataclass
 import json
 from typing import Any
 
-FORMATS = ("sharegpt", "openai", "alpaca", "prompt_completion", "text")
+FORMATS = ("sharegpt", "openai", "alpaca", "prompt_completion", "text", "preference")
+PREFERENCE_FORMATS = ("preference",)
+"""Formats that hold answer pairs: trained with DPO or ORPO, never with SFT."""
 
 # The key that identifies each shape, checked in this order: Alpaca datasets often carry
 # a pre-rendered "text" column too, so the more specific shapes win.
 _IDENTIFYING_KEY = (
+    ("chosen", "preference"),
     ("conversations", "sharegpt"),
     ("messages", "openai"),
     ("instruction", "alpaca"),
@@ -45,7 +50,19 @@ class Example:
     """1-based line (JSONL/JSON/CSV) or record number (parquet, dataset folder)."""
     text: str | None = None
     """The document, for raw-text examples only."""
+    rejected: list[dict] | None = None
+    """Preference examples only: the rejected answer's assistant turns. `messages` then
+    holds the prompt followed by the chosen answer's turns (from `chosen_from`)."""
+    chosen_from: int = 0
+    """Index in `messages` where the chosen answer starts (preference examples)."""
 
+    @property
+    def prompt(self) -> list[dict]:
+        return self.messages[:self.chosen_from] if self.rejected is not None else self.messages
+
+    @property
+    def chosen(self) -> list[dict]:
+        return self.messages[self.chosen_from:] if self.rejected is not None else []
 
 
 class RecordError(ValueError):
@@ -68,7 +85,7 @@ def has_key_of(record: dict, fmt: str) -> bool:
 
 
 def normalise(record: dict, fmt: str) -> tuple[list[dict], str | None]:
-    """(messages, text) for one record already detected as `fmt`."""
+    """(messages, text) for one record already detected as `fmt` (not preference)."""
     messages, text = _NORMALISERS[fmt](record)
     if text is None and not any(m["role"] == "assistant" for m in messages):
         raise RecordError("has no assistant reply")
@@ -186,6 +203,61 @@ def _as_list(value: Any, field: str) -> list:
     if not value:
         raise RecordError(f"'{field}' is empty")
     return value
+
+
+def normalise_preference(record: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """(prompt, chosen, rejected) message lists for one preference record.
+
+    The shapes people have: `prompt` as text or messages (TRL's conversational preference
+    format), `messages` holding the prompt, or no prompt at all with `chosen` and
+    `rejected` as whole conversations that share it (TRL's implicit prompt). An answer is
+    text or a list of assistant turns."""
+    if record.get("prompt") is not None:
+        raw = record["prompt"]
+        prompt = (_openai_messages(raw, "prompt") if isinstance(raw, list)
+                  else _with_system(record, _text_field(record, "prompt"), "")[:-1])
+    elif record.get("messages") is not None:
+        prompt = _openai_messages(record["messages"], "messages")
+    else:
+        prompt = None
+    chosen, rejected = _answer(record, "chosen"), _answer(record, "rejected")
+    if prompt is None:
+        prompt, chosen, rejected = _shared_prompt(chosen, rejected)
+    if not prompt or prompt[-1]["role"] != "user":
+        raise RecordError("the prompt must end with a user turn")
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        if not turns or any(m["role"] != "assistant" for m in turns):
+            raise RecordError(f"'{name}' must be assistant turns after the prompt")
+        if not "".join(m["content"] for m in turns).strip():
+            raise RecordError(f"'{name}' is empty")
+    if _plain(chosen) == _plain(rejected):
+        raise RecordError("'chosen' and 'rejected' are the same answer, so the pair teaches nothing")
+    return prompt, chosen, rejected
+
+
+def _answer(record: dict, key: str) -> list[dict]:
+    value = record.get(key)
+    if value is None:
+        raise RecordError(f"has no '{key}'")
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    return _openai_messages(value, key)
+
+
+def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Split two whole conversations into their common beginning and the two answers."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n > 0 and chosen[n - 1]["role"] == "assistant":
+        n -= 1  # a shared first part of the answer still belongs to the answer
+    if n == 0:
+        raise RecordError("has no 'prompt', and 'chosen' and 'rejected' share no opening turns")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _plain(turns: list[dict]) -> str:
+    return " ".join(" ".join(m["content"] for m in turns).split())
 
 
 _NORMALISERS = {

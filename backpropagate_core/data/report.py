@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backpropagate_core.data.dataset import LoadedDataset, Problem, _normalised, load
-from backpropagate_core.data.formats import Example
+from backpropagate_core.data.formats import PREFERENCE_FORMATS, Example
 from backpropagate_core.data.templates import count_tokens
 
 HISTOGRAM_BINS = 20
@@ -41,6 +41,10 @@ class DatasetReport:
     """Messages of the first examples; raw text shows as one {"role": "text"} message."""
     total_tokens: int | None = None
     """Sum of all example lengths; None without a tokenizer."""
+    pairs: dict | None = None
+    """Preference datasets: {"count", "unit" ("tokens" or "words"), "chosen" and
+    "rejected" ({"mean", "p50", "max"} of the answers alone), "chosen_longer" (share of
+    pairs whose chosen answer is the longer one)}; None for other formats."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +76,28 @@ def build_report(loaded: LoadedDataset, tokenizer=None, max_seq_len: int | None 
         max_seq_len=max_seq_len,
         preview=[_preview(ex) for ex in loaded.examples[:PREVIEW_EXAMPLES]],
         total_tokens=sum(lengths) if lengths else None,
+        pairs=_pair_stats(loaded.examples, tokenizer) if loaded.format in PREFERENCE_FORMATS else None,
     )
+
+
+def _pair_stats(examples: list[Example], tokenizer=None) -> dict:
+    """How long chosen and rejected answers are: a preference the data teaches by accident
+    (say, always the longer answer) shows here before it is trained in."""
+    def size(turns: list[dict]) -> int:
+        text = "".join(m["content"] for m in turns)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer else len(text.split())
+
+    chosen = [size(ex.chosen) for ex in examples]
+    rejected = [size(ex.rejected or []) for ex in examples]
+
+    def stats(values: list[int]) -> dict:
+        ordered = sorted(values)
+        return {"mean": round(sum(values) / len(values), 1), "p50": ordered[(len(ordered) - 1) // 2],
+                "max": ordered[-1]} if values else {"mean": 0, "p50": 0, "max": 0}
+
+    longer = sum(c > r for c, r in zip(chosen, rejected))
+    return {"count": len(examples), "unit": "tokens" if tokenizer else "words", "chosen": stats(chosen),
+            "rejected": stats(rejected), "chosen_longer": round(longer / len(examples), 3) if examples else 0.0}
 
 
 def _percentiles(lengths: list[int]) -> dict[str, int]:
@@ -112,4 +137,7 @@ def _is_empty(ex: Example) -> bool:
 
 
 def _preview(ex: Example) -> list[dict]:
+    if ex.rejected is not None:
+        return ([dict(m) for m in ex.prompt] + [{**m, "role": "chosen"} for m in ex.chosen]
+                + [{**m, "role": "rejected"} for m in ex.rejected])
     return [dict(m) for m in ex.messages] or [{"role": "text", "content": ex.text or ""}]

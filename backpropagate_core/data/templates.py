@@ -194,11 +194,14 @@ def count_tokens(tokenizer, examples: list[Example]) -> tuple[list[int | None], 
             continue
         try:
             chats.append((i, render(tokenizer, ex.messages, ex.line)))
+            if ex.rejected is not None:  # a pair is as long as its longer side
+                chats.append((i, render(tokenizer, ex.prompt + ex.rejected, ex.line)))
         except BackpropError as err:
             rejected[i] = err.message
     if chats:
         # One batched call: the fast tokenizers encode a batch in parallel in Rust.
         batch = tokenizer([text for _, text in chats], add_special_tokens=False)["input_ids"]
         for (i, _), ids in zip(chats, batch):
-            counts[i] = len(ids)
+            if i not in rejected:
+                counts[i] = max(counts[i] or 0, len(ids))
     return counts, rejected

@@ -52,6 +52,14 @@ class Step(Event):
     elapsed_s: float = 0.0
     eta_s: float | None = None
     epoch: float | None = None
+    reward_accuracy: float | None = None
+    """Preference runs: share of this step's pairs whose chosen answer the model now
+    prefers more than its reference does (DPO) or prefers at all (ORPO)."""
+    reward_margin: float | None = None
+    """Preference runs: mean reward of the chosen minus the rejected answer."""
+    chosen_logp: float | None = None
+    """Preference runs: mean log-probability of the chosen answers."""
+    rejected_logp: float | None = None
 
 
 @dataclass
@@ -66,6 +74,9 @@ class Eval(Event):
     exact_match: float | None = None
     best: bool = False
     """This evaluation is the best so far (by answer score, then loss): its adapter is kept."""
+    reward_accuracy: float | None = None
+    """Preference runs: share of held-out pairs ranked the right way (see `Step`)."""
+    reward_margin: float | None = None
 
 
 @dataclass
@@ -119,6 +130,10 @@ class Finished(Event):
     base_score: float | None = None
     """The base model's answer score on the same held-out prompts."""
     stopped_early: bool = False
+    method: str = "sft"
+    """How the run trained: sft, dpo or orpo."""
+    reward_accuracy: float | None = None
+    """Preference runs: the kept adapter's held-out reward accuracy."""
 
 
 @dataclass

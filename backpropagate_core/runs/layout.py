@@ -67,5 +67,10 @@ class RunDir:
     def exports(self) -> Path:
         return self.path / "exports"
 
+    @property
+    def feedback(self) -> Path:
+        """Thumbs and edits on the run's chat answers, one JSON line each, append-only."""
+        return self.path / "feedback.jsonl"
+
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs import events as ev
-from backpropagate_core.training import checkpoints, distributed
+from backpropagate_core.training import checkpoints, distributed, preference
 
 
 class EventCallback(TrainerCallback):
@@ -32,6 +32,8 @@ class EventCallback(TrainerCallback):
         self.nonfinite: BackpropError | None = None
         """RUNTIME_LOSS_NONFINITE once a logged loss was NaN or infinite; raised after training stops."""
         self.last_loss: float | None = None
+        self.last_eval: dict = {}
+        """Preference metrics of the latest evaluation (reward_accuracy, reward_margin)."""
         self.t0 = self.t_last = time.time()
         self.tokens_last = 0
         self.start_step = 0
@@ -72,7 +74,7 @@ class EventCallback(TrainerCallback):
                      lr=float(logs.get("learning_rate", 0.0)),
                      grad_norm=None if grad is None else float(grad),
                      tokens_per_s=self.rate, elapsed_s=elapsed, eta_s=eta,
-                     epoch=logs.get("epoch")))
+                     epoch=logs.get("epoch"), **preference.event_metrics(logs)))
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.start_step = state.global_step
@@ -85,13 +87,16 @@ class EventCallback(TrainerCallback):
             return
         loss, step = float(metrics["eval_loss"]), state.global_step
         verdict = None
+        pairs = preference.event_metrics(metrics, "eval_")
+        self.last_eval = pairs
         if self.probing is not None and args.should_save:
             verdict = self.probing.judge(step, loss, lambda path, meta: checkpoints.save_adapter(
-                model, self.probing.tokenizer, path, meta))
+                model, self.probing.tokenizer, path, meta), pairs.get("reward_accuracy"))
         got = lambda key: metrics.get(f"eval_{key}")  # noqa: E731
         self.sink(ev.Eval(self.run_id, step=step, loss=loss, answer_score=got("answer_score"), f1=got("f1"),
                      rouge_l=got("rouge_l"), exact_match=got("exact_match"),
-                     best=bool(verdict and verdict.best)))
+                     best=bool(verdict and verdict.best), reward_accuracy=pairs.get("reward_accuracy"),
+                     reward_margin=pairs.get("reward_margin")))
         if self.probing is not None and self.probing.samples:
             self.sink(ev.Samples(self.run_id, step=step, samples=self.probing.samples,
                             answer_score=got("answer_score"), base_score=self.probing.base_score))

@@ -45,7 +45,10 @@ def save_adapter(model, tokenizer, target: Path, meta: dict) -> Path:
     """Save the peft adapter + tokenizer + a manifest naming the base model, atomically."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
+    # Only the trained adapter: a DPO run that started from another run also holds that
+    # one, frozen, as its reference.
+    adapters = list(getattr(model, "peft_config", {}) or [])
+    model.save_pretrained(partial, **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
     tokenizer.save_pretrained(partial)
     (partial / MANIFEST).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(target, ignore_errors=True)

@@ -70,16 +70,24 @@ def resolve(training: TrainingSettings, lora: LoraSettings, hw: Hardware, *, n_t
         else:
             why[name] = "set by you"
 
+    pairs = t.method in ("dpo", "orpo")
     pick("max_seq_len", *_seq_len(token_lengths, hw, model_max_len))
-    pick("batch_size", *_batch_size(hw, model_params_b, t.max_seq_len))
+    # A pair trains on two sequences, its chosen and its rejected answer.
+    pick("batch_size", *_batch_size(hw, model_params_b, (t.max_seq_len or 0) * (2 if pairs else 1) or None))
     pick("grad_accum", *_grad_accum(t.batch_size, n_train))
     effective = t.batch_size * t.grad_accum
     if t.steps is None and t.epochs is not None:
         pick("steps", max(1, math.ceil(n_train * t.epochs / effective)),
              f"{t.epochs:g} epochs over {n_train} examples at {effective} per step")
+    elif pairs:
+        pick("steps", *_preference_steps(n_train, effective))
     else:
         pick("steps", *_steps(n_train, sum(token_lengths), effective, hw))
-    pick("learning_rate", *_learning_rate(lora.r, model_params_b))
+    if pairs:
+        pick("learning_rate", *_preference_rate(t.method, lora.r, model_params_b))
+        pick("beta", BETA[t.method], BETA_REASON[t.method])
+    else:
+        pick("learning_rate", *_learning_rate(lora.r, model_params_b))
     pick("save_steps", max(1, t.steps // 5), "about five checkpoints per run")
     pick("eval_steps", max(1, t.steps // 10), "about ten held-out evaluations per run")
     pick("gradient_checkpointing", *_checkpointing(hw, model_params_b))
@@ -144,6 +152,29 @@ def _learning_rate(r: int, params_b: float) -> tuple[float, str]:
     if r >= 64:
         lr /= 2
     return lr, f"LoRA rate for a {params_b:.3g}B-parameter model at rank {r}"
+
+
+PREFERENCE_EPOCHS = 3
+"""Passes over the pairs: preference training moves a model that already answers, so it
+needs fewer passes than learning new facts, and more would push it far from its start."""
+BETA = {"dpo": 0.1, "orpo": 0.1}
+BETA_REASON = {
+    "dpo": "DPO's usual strength: the model may drift moderately from where it started",
+    "orpo": "ORPO's usual weight of the preference term next to learning the chosen answers",
+}
+
+
+def _preference_steps(n_pairs: int, effective: int) -> tuple[int, str]:
+    steps = max(10, math.ceil(n_pairs * PREFERENCE_EPOCHS / effective))
+    return min(steps, 20000), f"{PREFERENCE_EPOCHS} epochs over {n_pairs} pairs at {effective} per step"
+
+
+def _preference_rate(method: str, r: int, params_b: float) -> tuple[float, str]:
+    """A tenth of the SFT rate for DPO, whose loss is steep once the pairs separate; ORPO
+    also learns the chosen answers, like SFT, so it keeps a higher rate."""
+    sft, _ = _learning_rate(r, params_b)
+    lr = sft / 10 if method == "dpo" else sft / 4
+    return lr, f"{method.upper()} rate for LoRA on a {params_b:.3g}B-parameter model at rank {r}"
 
 
 def _checkpointing(hw: Hardware, params_b: float) -> tuple[bool, str]:

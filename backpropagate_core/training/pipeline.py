@@ -23,6 +23,9 @@ from backpropagate_core.config import TrainingSettings, load_settings
 from backpropagate_core.runs import events as ev
 from backpropagate_core.runs.layout import IGNORE_INDEX, RunDir
 from backpropagate_core.runs.store import RunStore
+from backpropagate_core.errors import BackpropError
+from backpropagate_core.training import preference
+from backpropagate_core.training.preference import PREFERENCE_METHODS
 from backpropagate_core.training.run_config import RunConfig
 from backpropagate_core.training.probing import Probing
 from backpropagate_core.training.session import remove_partials, run_session
@@ -103,18 +106,26 @@ def prepare(config: RunConfig, log: Log, files: RunDir | None = None, reuse_reso
     if templates.ensure_chat_template(tokenizer):
         log("the tokenizer has no chat template; using the built-in ChatML-style template", "WARNING")
 
-    t = config.training
+    method, method_reason = preference.method_for(config.training.method, loaded.format)
+    t = config.training = config.training.model_copy(update={"method": method})
     pairs = (splitter or (lambda ex: [data_mod.split(ex, t.val_fraction, t.seed)]))(loaded.examples)
     max_cap = int(getattr(tokenizer, "model_max_length", 0) or 0)
     max_cap = max_cap if 0 < max_cap < 1_000_000 else 8192
-    tokenized = [(token_cache.tokenize_all(tr, tokenizer, max_cap), token_cache.tokenize_all(va, tokenizer, max_cap))
-                 for tr, va in pairs]
+    if method in PREFERENCE_METHODS:
+        tokenized = [(_pair_rows(tr, tokenizer), _pair_rows(va, tokenizer)) for tr, va in pairs]
+    else:
+        tokenized = [(token_cache.tokenize_all(tr, tokenizer, max_cap), token_cache.tokenize_all(va, tokenizer, max_cap))
+                     for tr, va in pairs]
 
     hw = defaults.detect_hardware()
     every_train = [row for tr, _ in tokenized for row in tr]
     resolved = _resolve(config, files.resolved if files else None, reuse_resolved, hw, every_train, max_cap)
+    resolved.reasons.setdefault("method", method_reason)
     n, dropped, parts = resolved.training.max_seq_len, 0, []
     for tr, va in tokenized:
+        if method in PREFERENCE_METHODS:  # TRL cuts each side to max_seq_len itself
+            parts.append(Part(tr, va))
+            continue
         (tr, d1), (va, d2) = truncate(tr, n), truncate(va, n)
         dropped += d1 + d2
         parts.append(Part(tr, va))
@@ -125,6 +136,18 @@ def prepare(config: RunConfig, log: Log, files: RunDir | None = None, reuse_reso
 
     probes = probes_from([ex for _, va in pairs for ex in va], t.eval_samples) if len(pairs) == 1 else []
     return Prepared(tokenizer, parts, hw, resolved, loaded.format, len(loaded.examples), dropped, probes)
+
+
+def _pair_rows(examples: list, tokenizer) -> list[dict]:
+    """TRL rows for answer pairs, measured with the model's chat template."""
+    from backpropagate_core.data import templates
+
+    counts, refused = templates.count_tokens(tokenizer, examples)
+    if refused:
+        i, message = next(iter(refused.items()))
+        raise BackpropError("INPUT_DATASET_INVALID", f"line {examples[i].line}: {message}",
+                            hint="Fix the pair or choose a model whose chat template accepts it.")
+    return preference.rows(examples, counts)
 
 
 def truncate(rows: list[dict], max_len: int) -> tuple[list[dict], int]:
@@ -146,13 +169,21 @@ def load_model(config: RunConfig, prep: Prepared, log: Log):
 
     t = prep.resolved.training
     platform_support.configure_attention(prep.hardware.device, prep.hardware.name)
-    choice = backends.choose(t.backend, prep.hardware.device)
+    if t.method in PREFERENCE_METHODS and t.backend == "auto":
+        choice = backends.Choice("transformers", "TRL's preference trainers run on plain transformers models")
+    else:
+        choice = backends.choose(t.backend, prep.hardware.device)
     log(f"loading model {config.model} (backend {choice.backend}: {choice.reason})")
-    return backends.load_model(
+    model = backends.load_model(
         config.model, choice, dtype=weight_dtype(t.precision, prep.hardware.device),
         lora=config.lora, max_seq_len=t.max_seq_len, load_in_4bit=t.load_in_4bit,
         gradient_checkpointing=bool(t.gradient_checkpointing), trust_remote_code=t.trust_remote_code,
         seed=t.seed)
+    if config.start_from is not None:
+        log(f"starting from the adapter of run {config.start_from.run}"
+            + (" (also kept, frozen, as the DPO reference)" if t.method == "dpo" else ""))
+        preference.load_start(model, config.start_from.adapter)
+    return model
 
 
 def hardware_sampler(run_id: str, sink: ev.Sink):
@@ -179,6 +210,7 @@ def plan_run(config: RunConfig) -> dict:
 
 def _label_fraction(rows: list[dict]) -> float:
     """Share of the training tokens that carry a label (the LM head runs on those only)."""
+    rows = [r for r in rows if "labels" in r]  # answer pairs: TRL masks their prompts itself
     total = sum(len(r["labels"]) for r in rows)
     return sum(label != IGNORE_INDEX for r in rows for label in r["labels"]) / total if total else 1.0
 
@@ -226,7 +258,8 @@ def _train(config: RunConfig, run_id: str, files: RunDir, sink: ev.Sink, resume:
                        dropped_examples=prep.dropped))
 
     probing = Probing(prep.tokenizer, prep.probes, files.best, t.patience, t.early_stopping,
-                      meta={"model": config.model, "run_id": run_id}) if prep.val_rows else None
+                      meta={"model": config.model, "run_id": run_id},
+                      by_loss=t.method in PREFERENCE_METHODS) if prep.val_rows else None
     with hardware_sampler(run_id, sink) as sampler:
         outcome = trainer_hf.fit(peft_model, prep.tokenizer, prep.train_rows, prep.val_rows, t,
                                  run_id=run_id, output_dir=files.checkpoints, sink=sink,
@@ -253,8 +286,16 @@ def _train(config: RunConfig, run_id: str, files: RunDir, sink: ev.Sink, resume:
                      best_step=probing.best_step if probing else None,
                      best_score=probing.best_score if probing else None,
                      base_score=probing.base_score if probing else None,
-                     stopped_early=bool(probing and probing.stopped_early)))
+                     stopped_early=bool(probing and probing.stopped_early), method=t.method,
+                     reward_accuracy=_kept_reward_accuracy(probing, t)))
     return result
+
+
+def _kept_reward_accuracy(probing: Probing | None, t: TrainingSettings) -> float | None:
+    """The held-out reward accuracy of the adapter the run keeps (the best evaluation's)."""
+    if probing is None or t.method not in PREFERENCE_METHODS:
+        return None
+    return probing.best_reward_accuracy
 
 
 def _save_result(peft_model, tokenizer, config: RunConfig, files: RunDir, run_id: str, step: int,

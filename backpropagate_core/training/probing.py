@@ -44,6 +44,9 @@ class Probing:
     best_score: float | None = None
     misses: int = 0
     stopped_early: bool = False
+    by_loss: bool = False
+    """Judge by held-out loss alone (preference runs: their loss is the pair objective)."""
+    best_reward_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         self.budget = answers_mod.answer_budget(self.tokenizer, self.probes) if self.probes else 0
@@ -52,12 +55,13 @@ class Probing:
             meta = json.loads(manifest.read_text())
             self.best_key, self.best_step = tuple(meta["key"]), meta["step"]
             self.best_score = meta.get("answer_score")
+            self.best_reward_accuracy = meta.get("reward_accuracy")
 
     def start(self, model) -> None:
         """The base model's answers, once, with the adapter switched off."""
         if not self.probes or self.base:
             return
-        with model.disable_adapter():
+        with _starting_point(model):
             self.base = answers_mod.greedy_answers(model, self.tokenizer, self.probes, self.budget)
         self.base_score = answers_mod.score_answers(self.probes, self.base)[0].get("answer_score")
 
@@ -72,16 +76,39 @@ class Probing:
                         for p, b, a, s in zip(self.probes, base, now, scores)]
         return self.last
 
-    def judge(self, step: int, loss: float, save) -> Verdict:
+    def judge(self, step: int, loss: float, save, reward_accuracy: float | None = None) -> Verdict:
         """Keep this evaluation if it is the best so far (`save(path, meta)` writes the
         adapter); count it against the patience otherwise."""
-        key = (round(self.last.get("answer_score", 0.0), 6), -loss)
+        key = (-loss,) if self.by_loss else (round(self.last.get("answer_score", 0.0), 6), -loss)
         if self.best_key is None or key > self.best_key:
             self.best_key, self.best_step, self.misses = key, step, 0
             self.best_score = self.last.get("answer_score")
+            self.best_reward_accuracy = reward_accuracy
             save(self.best_dir, {**self.meta, "step": step, "key": list(key),
-                                 "answer_score": self.best_score, "eval_loss": loss})
+                                 "answer_score": self.best_score, "eval_loss": loss,
+                                 "reward_accuracy": reward_accuracy})
             return Verdict(best=True, stop=False)
         self.misses += 1
         self.stopped_early = self.early_stopping and self.misses >= self.patience
         return Verdict(best=False, stop=self.stopped_early)
+
+
+def _starting_point(model):
+    """The model as training found it: the adapter a run started from (kept as the DPO
+    reference) or, without one, no adapter at all."""
+    from contextlib import contextmanager
+
+    from backpropagate_core.training.preference import REFERENCE_ADAPTER
+
+    @contextmanager
+    def switched():
+        active = model.active_adapter
+        model.set_adapter(REFERENCE_ADAPTER)
+        try:
+            yield
+        finally:
+            model.set_adapter(active)
+
+    if REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {}):
+        return switched()
+    return model.disable_adapter()

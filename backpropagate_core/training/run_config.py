@@ -15,6 +15,14 @@ from backpropagate_core.config import (DEFAULT_MODEL, LoraSettings, TrainingSett
 from backpropagate_core.errors import BackpropError
 
 
+class StartFrom(BaseModel):
+    """An earlier run whose adapter this run starts from (`--from RUN`)."""
+
+    run: str
+    adapter: str
+    """The adapter folder loaded at the start (and, for DPO, kept frozen as the reference)."""
+
+
 class RunConfig(BaseModel):
     """Everything needed to (re)build a run; stored as the run folder's config.json."""
 
@@ -23,6 +31,7 @@ class RunConfig(BaseModel):
     name: str | None = Field(None, description="Optional human-readable run name.")
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
+    start_from: StartFrom | None = None
 
 
 _LORA_KEYS = set(LoraSettings.model_fields)

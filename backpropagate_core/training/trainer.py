@@ -22,6 +22,7 @@ from backpropagate_core.runs import events as ev
 from backpropagate_core.config import TrainingSettings
 from backpropagate_core.runs.layout import IGNORE_INDEX, MANIFEST
 from backpropagate_core.training import checkpoints
+from backpropagate_core.training.preference import PREFERENCE_METHODS
 
 OPTIMIZER = "adamw_torch_fused"
 """One fused AdamW kernel over all LoRA tensors instead of a loop over hundreds of small ones."""
@@ -108,16 +109,15 @@ class _ListDataset:
         return self.rows[i]
 
 
-def _trainer_class():
-    from transformers import Trainer
+def checkpointing_mixin():
+    """What every trainer of ours adds to its transformers (or TRL) trainer: atomic
+    checkpoints, the held-out answers at each evaluation, and counting trained tokens."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    class AtomicCheckpointTrainer(Trainer):
+    class AtomicCheckpoints:
         """Writes each checkpoint under a `.partial` folder and renames it when complete."""
 
         run_id: str = ""
-        labelled_loss: bool = False
-        """Compute the loss with `speed.labelled_loss` (plain-head causal LMs)."""
         probing = None
         """Answers held-out prompts at each evaluation (`probing.Probing`)."""
         _staging: str | None = None
@@ -134,20 +134,6 @@ def _trainer_class():
             # The batch is still on the CPU here, so counting costs no device sync.
             self.data_collator.trained += self.data_collator.count(inputs)
             return super().training_step(model, inputs, *args, **kwargs)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            from backpropagate_core.training import speed
-
-            if not self.labelled_loss:
-                inputs.pop(speed.LABEL_INDEX, None)
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # accelerate puts autocast around model.forward; this path calls the decoder itself.
-            with self.accelerator.autocast():
-                loss = speed.labelled_loss(model, inputs, num_items_in_batch)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                # num_items_in_batch counts every process's tokens and DDP averages gradients.
-                loss = loss * self.accelerator.num_processes
-            return (loss, {"loss": loss}) if return_outputs else loss
 
         def _get_output_dir(self, trial):
             return self._staging or super()._get_output_dir(trial)
@@ -172,6 +158,30 @@ def _trainer_class():
             shutil.rmtree(staging, ignore_errors=True)
             checkpoints.rotate(real, self.args.save_total_limit)
 
+    return AtomicCheckpoints
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class AtomicCheckpointTrainer(checkpointing_mixin(), Trainer):
+        labelled_loss: bool = False
+        """Compute the loss with `speed.labelled_loss` (plain-head causal LMs)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from backpropagate_core.training import speed
+
+            if not self.labelled_loss:
+                inputs.pop(speed.LABEL_INDEX, None)
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # accelerate puts autocast around model.forward; this path calls the decoder itself.
+            with self.accelerator.autocast():
+                loss = speed.labelled_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items_in_batch counts every process's tokens and DDP averages gradients.
+                loss = loss * self.accelerator.num_processes
+            return (loss, {"loss": loss}) if return_outputs else loss
+
     return AtomicCheckpointTrainer
 
 
@@ -194,8 +204,14 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     # An Unsloth model keeps its own (patched) forward and loss, on padded batches. Under
     # DDP the loss must go through the wrapper's forward, or gradients are not all-reduced.
     own = getattr(model, backends.BACKEND_ATTR, None) != "unsloth"
-    labelled = own and speed.plain_lm_head(model) and not _liger() and distributed.world_size() == 1
-    collator = Collator(tokenizer.pad_token_id, pack=t.packing and own, label_index=labelled)
+    if t.method in PREFERENCE_METHODS:
+        # TRL's trainers compute their own losses on chosen and rejected rows side by side.
+        from backpropagate_core.training.preference import PairCollator
+
+        collator, labelled = PairCollator(), False
+    else:
+        labelled = own and speed.plain_lm_head(model) and not _liger() and distributed.world_size() == 1
+        collator = Collator(tokenizer.pad_token_id, pack=t.packing and own, label_index=labelled)
     from backpropagate_core.training.callbacks import EventCallback
 
     callback = EventCallback(run_id, sink, collator, cancel_flag, output_dir, guard, probing)
@@ -205,7 +221,7 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
     collator.lengths = attention is not None
     casting = speed.skip_input_casts(model, t.precision != "fp32")
     try:
-        trainer = _train_with_oom_recovery(model, train_rows, val_rows, t, run_id=run_id, sink=sink,
+        trainer = _train_with_oom_recovery(model, tokenizer, train_rows, val_rows, t, run_id=run_id, sink=sink,
                                            output_dir=output_dir, resume_from=resume_from,
                                            collator=collator, callback=callback, labelled=labelled,
                                            probing=probing)
@@ -220,14 +236,14 @@ def fit(model, tokenizer, train_rows: list[dict], val_rows: list[dict], t: Train
                       callback.last_checkpoint, _overall_rate(collator, callback), collator.trained, probing)
 
 
-def _train_with_oom_recovery(model, train_rows, val_rows, t: TrainingSettings, *, run_id: str,
+def _train_with_oom_recovery(model, tokenizer, train_rows, val_rows, t: TrainingSettings, *, run_id: str,
                              sink: ev.Sink, output_dir: Path, resume_from: Path | None,
                              collator: Collator, callback, labelled: bool, probing=None):
     from backpropagate_core.training import oom
 
     batch, accum, resume = t.batch_size, t.grad_accum, resume_from
     for attempt in range(oom.MAX_RETRIES + 1):
-        trainer = _build_trainer(model, train_rows, val_rows, t, batch, accum, run_id=run_id,
+        trainer = _build_trainer(model, tokenizer, train_rows, val_rows, t, batch, accum, run_id=run_id,
                                  output_dir=output_dir, collator=collator, callback=callback,
                                  labelled=labelled)
         trainer.probing = probing
@@ -261,8 +277,8 @@ def _liger() -> bool:
     return speed.liger_available("cuda" if _on_cuda() else "cpu")
 
 
-def _build_trainer(model, train_rows, val_rows, t: TrainingSettings, batch: int, accum: int, *,
-                   run_id: str, output_dir: Path, collator: Collator, callback, labelled: bool):
+def _build_trainer(model, tokenizer, train_rows, val_rows, t: TrainingSettings, batch: int, accum: int, *,
+                   run_id: str, output_dir: Path, collator, callback, labelled: bool):
     import torch
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -272,7 +288,7 @@ def _build_trainer(model, train_rows, val_rows, t: TrainingSettings, batch: int,
     on_cuda = torch.cuda.is_available()
     evaluate = bool(val_rows)
     report_to, tracker_callbacks = trackers.setup(t.report_to, output_dir.parent)
-    args = TrainingArguments(
+    common = dict(
         output_dir=str(output_dir), max_steps=t.steps, per_device_train_batch_size=batch,
         per_device_eval_batch_size=batch, gradient_accumulation_steps=accum,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
@@ -290,12 +306,18 @@ def _build_trainer(model, train_rows, val_rows, t: TrainingSettings, batch: int,
         dataloader_num_workers=platform_support.dataloader_workers(), logging_first_step=True,
         ddp_find_unused_parameters=False,
     )
-    trainer = _trainer_class()(
-        model=model, args=args, train_dataset=_ListDataset(train_rows),
-        eval_dataset=_ListDataset(val_rows) if evaluate else None,
-        data_collator=collator, callbacks=[callback, *tracker_callbacks])
+    if t.method in PREFERENCE_METHODS:
+        from backpropagate_core.training import preference
+
+        trainer = preference.build_trainer(model, tokenizer, train_rows, val_rows, t, common, collator,
+                                           [callback, *tracker_callbacks], checkpointing_mixin())
+    else:
+        trainer = _trainer_class()(
+            model=model, args=TrainingArguments(**common), train_dataset=_ListDataset(train_rows),
+            eval_dataset=_ListDataset(val_rows) if evaluate else None,
+            data_collator=collator, callbacks=[callback, *tracker_callbacks])
+        trainer.labelled_loss = labelled
     trainer.run_id = run_id
-    trainer.labelled_loss = labelled
     trainer.remove_callback(PrinterCallback)
     return trainer
 
