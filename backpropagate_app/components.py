@@ -45,28 +45,36 @@ def error_callout(error: rx.Var, test_id: str = "error") -> rx.Component:
 
 
 def loss_chart(points: rx.Var, height: int = 280, test_id: str = "loss-chart") -> rx.Component:
-    """Training loss per step, with validation loss where evals ran; no animation so live
-    updates draw at once."""
+    """Training loss per step, with validation loss where evals ran."""
+    return line_chart(points, [("loss", "train loss", "accent"), ("eval_loss", "validation loss", "orange")],
+                      height=height, test_id=test_id)
+
+
+def line_chart(points: rx.Var, series: list[tuple[str, str, str]], height: int = 280, test_id: str = "",
+               y_domain: list | None = None) -> rx.Component:
+    """Lines over the steps, one per (data key, label, colour) of `series`. Evaluations
+    (keys "eval_...") run every few steps, so their dots are joined across the steps between.
+    No animation, so live updates draw at once."""
+    def line(key: str, label: str, color: str):
+        shape = dict(connect_nulls=True) if key.startswith("eval_") else dict(dot=False, type_="monotone")
+        return rx.recharts.line(data_key=key, name=label, stroke=rx.color(color, 9),
+                                is_animation_active=False, **shape)
+
     return rx.box(
         rx.recharts.line_chart(
             rx.recharts.cartesian_grid(stroke_dasharray="3 3"),
-            rx.recharts.line(data_key="loss", name="train loss", stroke=rx.color("accent", 9),
-                             dot=False, is_animation_active=False, type_="monotone"),
-            rx.recharts.line(data_key="eval_loss", name="validation loss",
-                             stroke=rx.color("orange", 9), connect_nulls=True,
-                             is_animation_active=False),
+            *[line(*s) for s in series],
             rx.recharts.x_axis(data_key="step", type_="number", domain=["dataMin", "dataMax"],
                                allow_decimals=False),
-            rx.recharts.y_axis(domain=["auto", "auto"], width=60),
+            rx.recharts.y_axis(domain=y_domain or ["auto", "auto"], width=60),
             rx.recharts.tooltip(),
             data=points, width="100%", height=height,
         ),
         # A plain legend: recharts' own measures itself on every render, and the chart
         # re-renders with every update.
-        rx.hstack(_legend_key("train loss", rx.color("accent", 9)),
-                  _legend_key("validation loss", rx.color("orange", 9)),
+        rx.hstack(*[_legend_key(label, rx.color(color, 9)) for _key, label, color in series],
                   justify="center", spacing="4", width="100%"),
-        width="100%", data_testid=test_id, data_points=points.length(),
+        width="100%", data_testid=test_id or None, data_points=points.length(),
     )
 
 

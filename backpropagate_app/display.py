@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.protocol import DatasetReport
+from backpropagate_app import preference
 from backpropagate_app.quality import learned_cells, samples_view
 
 MAX_CHART_POINTS = 400
@@ -170,7 +171,14 @@ def _step_text(e: dict) -> str | None:
     every = max(1, min(total // 20, 10))
     if step != 1 and step % every and step != total:
         return None  # the chart shows every step; the log samples them
-    return f"step {step}/{total} · loss {fmt_loss(e.get('loss'))} · {fmt_rate(e.get('tokens_per_s'))}"
+    pairs = f" · reward accuracy {e['reward_accuracy']:.0%}" if e.get("reward_accuracy") is not None else ""
+    return f"step {step}/{total} · loss {fmt_loss(e.get('loss'))}{pairs} · {fmt_rate(e.get('tokens_per_s'))}"
+
+
+def _eval_text(e: dict) -> str:
+    pairs = (f" · held-out reward accuracy {e['reward_accuracy']:.0%}"
+             if e.get("reward_accuracy") is not None else "")
+    return f"eval at step {e.get('step')} · {e.get('split', 'validation')} loss {fmt_loss(e.get('loss'))}{pairs}"
 
 
 _LOG_TEXT: dict[str, Any] = {
@@ -178,7 +186,7 @@ _LOG_TEXT: dict[str, Any] = {
                               + (f", resumed from step {e['resumed_from_step']}"
                                  if e.get("resumed_from_step") else "")),
     "step": _step_text,
-    "eval": lambda e: f"eval at step {e.get('step')} · {e.get('split', 'validation')} loss {fmt_loss(e.get('loss'))}",
+    "eval": _eval_text,
     "checkpoint": lambda e: f"checkpoint at step {e.get('step')} → {e.get('path')}",
     "log": lambda e: f"{e.get('level', 'INFO')}: {e.get('message', '')}",
     "finished": lambda e: (f"exported {e['artifacts']['export']}" if "export" in (e.get("artifacts") or {})
@@ -205,6 +213,7 @@ class RunTail:
         self.after_id = 0
         self.points: dict[int, dict] = {}
         self.last_step: dict | None = None
+        self.last_eval: dict | None = None
         self.hardware: dict | None = None
         self.finished: dict | None = None
         self.samples: dict | None = None
@@ -221,9 +230,12 @@ class RunTail:
                 self.last_step = event
                 point = self.points.setdefault(event["step"], {"step": event["step"]})
                 point["loss"] = _round(event.get("loss"))
+                point.update(preference.point_fields(event))
             elif kind == "eval":
+                self.last_eval = event
                 point = self.points.setdefault(event["step"], {"step": event["step"]})
                 point["eval_loss"] = _round(event.get("loss"))
+                point.update(preference.point_fields(event))
                 if event.get("answer_score") is not None:
                     point["answer_score"] = round(100 * event["answer_score"], 1)
             elif kind == "samples":
@@ -280,6 +292,8 @@ class RunTail:
                        "hint": run.get("error_hint") or ""} if run.get("error_code")
                       and status in ("failed", "interrupted") else {}),
             "resumable": status in RESUMABLE,
+            **preference.live_view(preference.method_of(run, {"config": self.config}, self.finished),
+                                   self.last_step, self.last_eval, self.finished),
         }
 
 
@@ -288,8 +302,14 @@ EMPTY_RUN_VIEW: dict = RunTail("").view({"id": "", "status": ""}) | {"name": ""}
 
 # ---- runs table -------------------------------------------------------------------------
 
-def run_row(run: dict, spark: list[dict]) -> dict:
-    """One row of the Runs table from `Run.to_dict()` and the run's sparkline points."""
+def run_row(run: dict, spark: list[dict], facts: dict | None = None) -> dict:
+    """One row of the Runs table from `Run.to_dict()`, the run's sparkline points and what
+    its events said (`preference.fold`): a preference run's headline is its held-out reward
+    accuracy, an SFT run's its held-out answer score."""
+    facts = facts or {}
+    method = preference.method_of(run, facts.get("started"), facts.get("finished"))
+    learned = (preference.learned_cells(facts.get("reward_accuracy")) if method in preference.PREFERENCE_METHODS
+               else learned_cells(run.get("summary") or {}))
     return {
         "id": run["id"],
         "short_id": run["id"][:8],
@@ -304,7 +324,8 @@ def run_row(run: dict, spark: list[dict]) -> dict:
                          else run.get("last_loss")),
         "progress": f"{run.get('step') or 0}/{run.get('total_steps') or 0}",
         "spark": spark,
-        **learned_cells(run.get("summary") or {}),
+        "method": preference.LABELS.get(method, "auto"),
+        **learned,
     }
 
 
@@ -371,6 +392,14 @@ class ReportSummary:
     """Token-length percentiles as one line."""
     total_tokens: str = DASH
     """With thousands separators."""
+    pairs: int = 0
+    """Answer pairs of a preference dataset; 0 for other formats."""
+    chosen_length: str = ""
+    rejected_length: str = ""
+    chosen_longer: str = ""
+    """Share of pairs whose chosen answer is the longer one."""
+    length_note: str = ""
+    """A warning when that share is lopsided."""
 
 
 def report_view(report: DatasetReport) -> dict:
@@ -381,7 +410,8 @@ def report_view(report: DatasetReport) -> dict:
         over_long=report.over_long,
         tokens=(f"p50 {pct.get('p50')} · p95 {pct.get('p95')} · max {pct.get('max')}"
                 if pct else "no tokenizer: token counts skipped"),
-        total_tokens=f"{report.total_tokens:,}" if report.total_tokens else DASH)
+        total_tokens=f"{report.total_tokens:,}" if report.total_tokens else DASH,
+        **preference.pair_view(report.pairs))
     return {
         "summary": summary,
         "histogram": histogram_bars([b.model_dump() for b in report.histogram]),

@@ -176,6 +176,44 @@ def start_export(run_id: str, fmt: str, quantization: str | None, checkpoint: st
                                home=settings().home)
 
 
+# ---- chat feedback ------------------------------------------------------------------------
+
+def record_feedback(run_id: str, prompt: str, answer: str, verdict: str, edited: str | None = None,
+                    source: str | None = None) -> dict:
+    """Save a 👍, 👎 or edit on the fine-tuned model's answer; returns `feedback_status`."""
+    from backpropagate_core.data import feedback
+
+    run = store().get(run_id)
+    feedback.record(run.run_dir, [{"role": "user", "content": prompt}], answer, verdict,
+                    edited=edited, source=source or run.id)
+    return feedback_status(run.id)
+
+
+def feedback_status(run_id: str) -> dict:
+    """{"pairs": how many preference pairs the run's feedback makes, "ratings": how many
+    answers were rated, "message": why it is not enough yet ("" when it is)}."""
+    from backpropagate_core.data import feedback
+
+    run = store().get(run_id)
+    items = feedback.items(run.run_dir)
+    pairs = feedback.pairs(items)
+    return {"pairs": len(pairs), "ratings": len(feedback.latest(items)), "message": feedback.shortfall(pairs) or ""}
+
+
+def train_on_feedback(run_id: str) -> str:
+    """Write the run's feedback pairs as a dataset in the uploads folder and start a DPO run
+    from the run's adapter on them; returns the new run's id."""
+    from backpropagate_core.data import feedback
+
+    run = store().get(run_id)
+    pairs = feedback.pairs(feedback.items(run.run_dir))
+    feedback.require_enough(pairs)
+    # Rewritten on every press: it is this run's feedback as it stands, shown among the uploads.
+    path = feedback.write_dataset(pairs, uploads_dir() / f"feedback-{run.id[:8]}.jsonl", overwrite=True)
+    name = f"feedback on {run.name or run.id[:8]}"
+    return start_run("", str(path), name, {"method": "dpo", "from_run": run.id})
+
+
 def chat_once(target: str, prompt: str, gguf: str | None, max_new_tokens: int,
               on_partial=None) -> ChatAnswer:
     """Greedy answers to one question from the base model, from a run's adapter (or

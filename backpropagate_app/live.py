@@ -43,6 +43,15 @@ class RunView(rx.State, mixin=True):
     base_score: str = ""
     samples_step: int = 0
     best_step: str = ""
+    method: str = ""
+    """SFT, DPO or ORPO; empty while a run asked for "auto" has not started."""
+    preference: bool = False
+    reward_accuracy: str = ""
+    reward_margin: str = ""
+    chosen_logp: str = ""
+    rejected_logp: str = ""
+    eval_reward_accuracy: str = ""
+    eval_reward_step: str = ""
 
     def _show(self, view: dict, previous: dict | None) -> None:
         """Copy the fields of `view` that differ from `previous` into the State."""
@@ -65,6 +74,7 @@ def progress_block(S: type[RunView]) -> rx.Component:
             rx.text("Step ", rx.text.strong(S.step, data_testid="step"), " of ",
                     rx.text.span(S.total, data_testid="total"), size="2"),
             rx.spacer(),
+            rx.cond(S.method != "", rx.badge(S.method, variant="outline", data_testid="run-method")),
             ui.status_badge(S.status, data_testid="run-status"),
             width="100%",
         ),
@@ -78,6 +88,42 @@ def progress_block(S: type[RunView]) -> rx.Component:
             wrap="wrap", spacing="5", width="100%",
         ),
         spacing="3", width="100%",
+    )
+
+
+def preference_block(S: type[RunView]) -> rx.Component:
+    """A DPO or ORPO run's reward figures beside its loss: how often, and by how much, the
+    model prefers the chosen answer of a pair over the rejected one."""
+    held_out = rx.cond(S.eval_reward_step != "", "Held-out reward accuracy (step " + S.eval_reward_step + ")",
+                       "Held-out reward accuracy")
+    return rx.vstack(
+        rx.separator(size="4"),
+        rx.text("How the model ranks the answer pairs", size="3", weight="bold"),
+        rx.flex(
+            ui.stat("Reward accuracy", S.reward_accuracy, "reward-accuracy"),
+            ui.stat(held_out, S.eval_reward_accuracy, "eval-reward-accuracy"),
+            ui.stat("Reward margin", S.reward_margin, "reward-margin"),
+            ui.stat("Log-prob chosen", S.chosen_logp, "chosen-logp"),
+            ui.stat("Log-prob rejected", S.rejected_logp, "rejected-logp"),
+            wrap="wrap", spacing="5", width="100%",
+        ),
+        rx.grid(
+            ui.line_chart(S.points, [("reward_accuracy", "reward accuracy %", "green"),
+                                     ("eval_reward_accuracy", "held-out %", "orange")],
+                          height=170, test_id="reward-chart", y_domain=[0, 100]),
+            ui.line_chart(S.points, [("reward_margin", "reward margin", "accent"),
+                                     ("eval_reward_margin", "held-out margin", "orange")],
+                          height=170, test_id="margin-chart"),
+            ui.line_chart(S.points, [("chosen_logp", "log-prob chosen", "green"),
+                                     ("rejected_logp", "log-prob rejected", "red")],
+                          height=170, test_id="logp-chart"),
+            columns=rx.breakpoints(initial="1", md="3"), spacing="3", width="100%",
+        ),
+        rx.text("Reward accuracy: the share of pairs whose chosen answer the model now prefers more than "
+                "the rejected one (relative to where it started, for DPO); the margin is by how much. "
+                "Held-out pairs are never trained on and are scored at each evaluation.",
+                size="1", color_scheme="gray"),
+        spacing="3", width="100%", data_testid="preference-metrics",
     )
 
 
@@ -151,6 +197,7 @@ def run_panel(S: type[RunView], title: rx.Component | None = None) -> rx.Compone
             *([title] if title is not None else []),
             progress_block(S),
             ui.loss_chart(S.points),
+            rx.cond(S.preference, preference_block(S)),
             outcome(S),
         ),
         answers_panel(S),

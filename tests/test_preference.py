@@ -198,3 +198,9 @@ def test_what_is_refused_before_a_run_exists(tiny_llama, pairs_file, sft_file):
         create_run(store, None, pairs_file, overrides={"from_run": "nope"})
     assert err.value.code == "STATE_RUN_NOT_FOUND"
     assert store.list() == []
+
+
+def test_the_example_preference_file_reads_in_every_shape():
+    example = Path(__file__).parent.parent / "examples" / "formats" / "preference.jsonl"
+    loaded = data_mod.load(example)
+    assert loaded.format == "preference" and len(loaded.examples) == 4 and not loaded.problems

@@ -248,3 +248,22 @@ def test_comparison_of_two_recorded_campaigns(isolated_home):
                            {"chunk": "chunk 3", "a": "1.1000", "b": "0.6000", "better": "b"}]
     assert out["points"][0] == {"step": 1, "a": 2.0, "b": 2.5}
     assert [p["step"] for p in out["points"]] == list(range(1, 7))
+
+
+def test_a_preference_dataset_is_refused_before_a_campaign_exists(isolated_home, tmp_path, monkeypatch,
+                                                                   tiny_llama):
+    """Campaigns train SFT only: starting one on answer pairs shows the engine's coded error,
+    and nothing is queued."""
+    import json
+
+    from backpropagate_app import facade
+    from backpropagate_app.pages.multirun.state import launch
+
+    monkeypatch.setenv("BACKPROPAGATE_UI__OUTPUT_DIR", str(tmp_path / "outputs"))
+    pairs = facade.uploads_dir() / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Item {i}?", "chosen": "Short.", "rejected": "Long, long."}) + "\n"
+                             for i in range(12)))
+    with pytest.raises(BackpropError) as err:
+        launch(facade.CUSTOM_MODEL, str(tiny_llama), str(pairs), "", view.default_form(), False)
+    assert err.value.code == "CONFIG_INVALID" and "SFT only" in err.value.message and err.value.hint
+    assert RunStore(isolated_home).list() == []

@@ -68,3 +68,50 @@ def test_memory_line_uses_the_form_then_the_plan(tiny_llama):
     assert f.memory_line(str(tiny_llama), {"batch_size": "abc"}, {"max_seq_len": 128, "r": 16}, facts) == ""
     assert "no estimate" in f.memory_line("someone/unknown-model", {}, planned, facts)
     assert f.memory_line(str(tiny_llama), {}, planned, f.MemoryFacts()) == ""  # no plan yet
+
+
+PAIRS_PLAN = Plan.model_validate({
+    "config": {"model": "m", "data": "/pairs.jsonl",
+               "training": {"method": "dpo", "beta": 0.1, "steps": 10, "learning_rate": 2e-5, "batch_size": 2,
+                            "grad_accum": 1, "max_seq_len": 64},
+               "lora": {"r": 16, "alpha": 32}},
+    "reasons": {"method": "the dataset holds chosen/rejected answer pairs",
+                "beta": "DPO's usual strength: the model may drift moderately from where it started"},
+    "device": "cpu", "format": "preference", "examples": 24, "train_examples": 22, "val_examples": 2,
+    "memory_gb": 8.0})
+
+
+def test_a_preference_plan_gives_beta_and_the_method_reason():
+    values = f.plan_values(PAIRS_PLAN)
+    assert values["beta"] == 0.1 and "beta" not in f.plan_values(PLAN)
+    captions = f.plan_captions(PAIRS_PLAN)
+    assert captions["method"] == "the dataset holds chosen/rejected answer pairs"
+    assert captions["beta"].startswith("DPO's usual strength")
+    assert f.default_captions()["beta"].endswith("Blank picks 0.1.")  # before any plan
+    form = {key: f.as_text(v) for key, v in values.items()} | {"beta": "0.3"}
+    notes = f.field_captions(form, values, captions)
+    assert notes["beta"].startswith("set by you; the plan chose 0.1 (DPO's usual")
+    assert notes["method"] == captions["method"]
+    assert f.MemoryFacts.of(PAIRS_PLAN).pairs and not f.MemoryFacts.of(PLAN).pairs
+
+
+def test_method_and_beta_are_sent_only_for_a_preference_dataset():
+    planned = f.plan_values(PAIRS_PLAN)
+    form = {key: f.as_text(v) for key, v in planned.items()}
+    assert f.form_overrides(form, planned, "", pairs=True) == {}  # the plan's own choice: auto
+    # The plan was made with the picked method, so it is sent even though the plan agrees.
+    assert f.form_overrides(form, planned, "orpo", pairs=True) == {"method": "orpo"}
+    assert f.form_overrides(form | {"beta": "0.5"}, planned, "dpo", pairs=True) == {"method": "dpo", "beta": 0.5}
+    # A beta typed for an earlier preference dataset is not sent with an SFT one.
+    assert f.form_overrides(form | {"beta": "0.5"}, planned, "dpo", pairs=False) == {}
+    with pytest.raises(BackpropError) as err:
+        f.form_overrides(form | {"beta": "strong"}, planned, "dpo", pairs=True)
+    assert "Beta: 'strong' is not a number" in err.value.message
+
+
+def test_memory_line_counts_both_answers_of_a_pair(tiny_llama):
+    planned = {"max_seq_len": 128, "batch_size": 4, "r": 16}
+    single = f.MemoryFacts(device="cpu", memory_gb=8.0)
+    pairs = f.MemoryFacts(device="cpu", memory_gb=8.0, pairs=True)
+    assert f.memory_line(str(tiny_llama), {}, planned, pairs) == \
+        f.memory_line(str(tiny_llama), {"batch_size": "8"}, planned, single)

@@ -186,7 +186,28 @@ def summary_card() -> rx.Component:
             ui.stat("Over max length", r.over_long),
             wrap="wrap", spacing="6",
         ),
+        rx.cond(r.pairs > 0, pairs_block()),
         title="Report",
+    )
+
+
+def pairs_block() -> rx.Component:
+    """A preference dataset's pairs: how long chosen and rejected answers are, since a
+    preference the pairs teach by accident (always the longer answer) is learned too."""
+    r = DatasetState.report
+    return rx.vstack(
+        rx.separator(size="4"),
+        rx.flex(
+            ui.stat("Answer pairs", r.pairs, "report-pairs"),
+            ui.stat("Chosen answers", r.chosen_length, "report-chosen-length"),
+            ui.stat("Rejected answers", r.rejected_length, "report-rejected-length"),
+            ui.stat("Chosen is the longer", r.chosen_longer, "report-chosen-longer"),
+            wrap="wrap", spacing="6",
+        ),
+        rx.cond(r.length_note != "",
+                rx.callout(r.length_note, icon="ruler", size="1", color_scheme="orange", variant="surface",
+                           data_testid="length-note")),
+        spacing="3", width="100%", data_testid="pairs",
     )
 
 
@@ -242,17 +263,23 @@ def problems_card() -> rx.Component:
 
 
 def bubble(message) -> rx.Component:
+    """One message; a preference pair's two answers are marked chosen (green, ✓) and
+    rejected (red, ✗) so the pair reads at a glance."""
     role = message["role"]
     is_user = role == "user"
     return rx.flex(
         rx.box(
-            rx.text(role, size="1", weight="bold", color_scheme="gray"),
+            rx.text(rx.match(role, ("chosen", "✓ chosen"), ("rejected", "✗ rejected"), role), size="1",
+                    weight="bold", color_scheme=rx.match(role, ("chosen", "green"), ("rejected", "red"), "gray")),
             rx.text(message["content"], size="2", white_space="pre-wrap"),
             background=rx.match(role, ("user", rx.color("accent", 4)), ("assistant", rx.color("gray", 3)),
+                                ("chosen", rx.color("green", 3)), ("rejected", rx.color("red", 3)),
                                 rx.color("amber", 3)),
+            border_left=rx.match(role, ("chosen", f"3px solid {rx.color('green', 9)}"),
+                                 ("rejected", f"3px solid {rx.color('red', 9)}"), "none"),
             padding="0.5em 0.8em", border_radius="var(--radius-4)", max_width="80%",
         ),
-        justify=rx.cond(is_user, "end", "start"), width="100%",
+        justify=rx.cond(is_user, "end", "start"), width="100%", data_role=role,
     )
 
 

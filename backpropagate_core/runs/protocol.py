@@ -50,7 +50,8 @@ class HistogramBin(BaseModel):
 
 class Message(BaseModel):
     role: str
-    """system, user, assistant, or "text" for a raw-text example."""
+    """system, user, assistant, "text" for a raw-text example, or "chosen"/"rejected" for
+    the answers of a preference pair."""
     content: str
 
 
@@ -70,6 +71,8 @@ class DatasetReport(BaseModel):
     max_seq_len: int | None = None
     preview: list[list[Message]] = []
     total_tokens: int | None = None
+    pairs: dict | None = None
+    """Preference datasets: pair count and chosen/rejected answer lengths (`data.report`)."""
 
 
 # ---- plan ------------------------------------------------------------------------------

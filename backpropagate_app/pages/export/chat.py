@@ -74,6 +74,54 @@ def chat_card(S) -> rx.Component:
             rx.cond(S.verdict != "", rx.badge(S.verdict, color_scheme=rx.cond(S.verdict == "identical answers",
                                                                                "green", "orange"),
                                               data_testid="chat-verdict")),
+            rx.cond(~S.chatting, feedback_bar(S)),
             spacing="2", width="100%")),
+        feedback_footer(S),
         title="Chat with the result",
     )
+
+
+def feedback_bar(S) -> rx.Component:
+    """Rate the fine-tuned model's answer, or write the answer it should have given."""
+    rated = lambda verdict, label: rx.cond(S.rated == verdict, rx.badge(label, color_scheme="green",  # noqa: E731
+                                                                          data_testid="feedback-saved"))
+    return rx.vstack(
+        rx.hstack(
+            rx.text("Was the fine-tuned answer right?", size="2"),
+            rx.button(rx.icon("thumbs-up"), on_click=S.rate_up, variant="soft", color_scheme="green",
+                      size="1", aria_label="Good answer", data_testid="feedback-up"),
+            rx.button(rx.icon("thumbs-down"), on_click=S.rate_down, variant="soft", color_scheme="red",
+                      size="1", aria_label="Bad answer", data_testid="feedback-down"),
+            rx.button(rx.icon("pencil"), "Edit", on_click=S.start_edit, variant="soft", size="1",
+                      data_testid="feedback-edit"),
+            rated("up", "saved 👍"), rated("down", "saved 👎"), rated("edit", "correction saved"),
+            align="center", spacing="2", wrap="wrap"),
+        rx.cond(S.editing, rx.vstack(
+            rx.text("Write the answer you wanted; it is kept as the preferred answer, the model's as the "
+                    "rejected one.", size="1", color_scheme="gray"),
+            rx.text_area(value=S.edit_text, on_change=S.set_edit_text, rows="3", width="100%",
+                         max_length=MAX_PROMPT, data_testid="feedback-edit-text"),
+            rx.hstack(rx.button("Save correction", on_click=S.save_edit, size="1",
+                                data_testid="feedback-edit-save"),
+                      rx.button("Cancel", on_click=S.cancel_edit, size="1", variant="soft", color_scheme="gray")),
+            width="100%", spacing="2")),
+        width="100%", spacing="2")
+
+
+def feedback_footer(S) -> rx.Component:
+    """How much feedback this run has, and the button that trains on it."""
+    return rx.vstack(
+        rx.hstack(
+            rx.text(S.feedback_pairs, " preference pairs from your feedback on this run", size="2",
+                    data_testid="feedback-pairs"),
+            rx.spacer(),
+            rx.button(rx.icon("sparkles"), "Train on my feedback", on_click=S.train_on_feedback,
+                      loading=S.training_feedback, disabled=(S.feedback_message != "") | (S.run_id == ""),
+                      data_testid="feedback-train"),
+            width="100%", align="center"),
+        rx.cond(S.feedback_message != "", rx.text(S.feedback_message, size="1", color_scheme="gray",
+                                                  data_testid="feedback-message")),
+        rx.text("Trains a DPO run that starts from this run's adapter: your corrections and 👍 answers are "
+                "preferred over the answers you turned down.", size="1", color_scheme="gray"),
+        ui.error_callout(S.feedback_error, test_id="feedback-error"),
+        width="100%", spacing="1")

@@ -83,6 +83,16 @@ class ExportState(rx.State):
     verdict: str = ""
     chatting: bool = False
     chat_error: dict[str, str] = {}
+    # Feedback on the fine-tuned model's answer to `asked`
+    asked: str = ""
+    rated: str = ""
+    """The verdict given to the current answer: "", "up", "down" or "edit"."""
+    editing: bool = False
+    edit_text: str = ""
+    feedback_pairs: int = 0
+    feedback_message: str = ""
+    feedback_error: dict[str, str] = {}
+    training_feedback: bool = False
 
     @rx.event
     def load(self):
@@ -117,10 +127,20 @@ class ExportState(rx.State):
         if self.source not in {s["value"] for s in self.sources}:
             self.source = self.sources[0]["value"] if self.sources else view.FINAL
         self.chat_gguf = self.ggufs[0]["value"] if self.ggufs else view.NO_GGUF
+        self._read_feedback()
+
+    def _read_feedback(self) -> None:
+        try:
+            status = facade.feedback_status(self.run_id)
+        except BackpropError as err:
+            self.feedback_error = error_view(err)
+            return
+        self.feedback_pairs, self.feedback_message = status["pairs"], status["message"]
 
     @rx.event
     def set_run(self, value: str):
         self.run_id, self.answers, self.verdict, self.chat_error, self.start_error = value, [], "", {}, {}
+        self.asked, self.rated, self.editing, self.feedback_error = "", "", False, {}
         self._read_run()
 
     @rx.event
@@ -214,6 +234,7 @@ class ExportState(rx.State):
             if self.chatting or not self.run_id:
                 return
             self.chatting, self.chat_error, self.answers, self.verdict = True, {}, [], ""
+            self.asked, self.rated, self.editing, self.feedback_error = self.prompt, "", False, {}
             args = (self.run_id, self.source, self.chat_gguf, self.prompt)
         # The answers stream in: the engine thread hands each new set of cards to this task.
         loop, grown = asyncio.get_running_loop(), asyncio.Queue()
@@ -232,6 +253,60 @@ class ExportState(rx.State):
         answers, verdict = out or ([], "")
         async with self:
             self.chatting, self.answers, self.verdict, self.chat_error = False, answers, verdict, error
+
+
+    # ---- feedback on the fine-tuned answer ----
+
+    def _trained_answer(self) -> str:
+        return next((a["text"] for a in self.answers if a.get("engine") == "transformers"), "")
+
+    async def _rate(self, verdict: str, edited: str | None = None):
+        answer_text = self._trained_answer()
+        if not answer_text or self.chatting:
+            return
+        source = self.run_id if self.source == view.FINAL else f"{self.run_id}:{self.source}"
+        status, error = await attempt(facade.record_feedback, self.run_id, self.asked, answer_text, verdict,
+                                      edited, source)
+        self.feedback_error = error
+        if status:
+            self.rated, self.editing = verdict, False
+            self.feedback_pairs, self.feedback_message = status["pairs"], status["message"]
+
+    @rx.event
+    async def rate_up(self):
+        await self._rate("up")
+
+    @rx.event
+    async def rate_down(self):
+        await self._rate("down")
+
+    @rx.event
+    def start_edit(self):
+        self.editing, self.edit_text = True, self._trained_answer()
+
+    @rx.event
+    def cancel_edit(self):
+        self.editing = False
+
+    @rx.event
+    def set_edit_text(self, value: str):
+        self.edit_text = value
+
+    @rx.event
+    async def save_edit(self):
+        await self._rate("edit", self.edit_text)
+
+    @rx.event(background=True)
+    async def train_on_feedback(self):
+        async with self:
+            if self.training_feedback or not self.run_id:
+                return
+            self.training_feedback, self.feedback_error, run_id = True, {}, self.run_id
+        new_run, error = await attempt(facade.train_on_feedback, run_id)
+        async with self:
+            self.training_feedback, self.feedback_error = False, error
+        if new_run:  # the Train page follows the newest active run: the one just started
+            return rx.redirect("/train")
 
 
 # ---- layout -------------------------------------------------------------------------------------

@@ -54,10 +54,23 @@ def number_field(key: str, label: str) -> rx.Component:
                     view.CAPTIONS[key])
 
 
+def sft_only_note() -> rx.Component:
+    """Said, not hidden: a preference dataset picked here is refused when the campaign starts."""
+    return rx.callout.root(
+        rx.callout.icon(rx.icon("info")),
+        rx.callout.text(
+            "Campaigns train with SFT only: merging DPO or ORPO adapters between runs has not been measured "
+            "with SLAO yet, so a preference dataset (chosen / rejected pairs) is refused here. Train one as a "
+            "single run on the ", rx.link("Train page", href="/train"), "."),
+        size="1", variant="surface", color_scheme="gray", width="100%", data_testid="sft-only-note",
+    )
+
+
 def setup_card() -> rx.Component:
     return ui.card(
         rx.grid(model_field(), dataset_field(), columns=rx.breakpoints(initial="1", md="2"), spacing="4",
                 width="100%"),
+        sft_only_note(),
         rx.grid(
             *[number_field(key, label) for key, label, _type in view.FORM_FIELDS],
             labelled("Merge mode", picker(view.MERGE_MODES, S.form["merge_mode"],

@@ -11,7 +11,7 @@ import reflex as rx
 
 from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
-from backpropagate_app import facade
+from backpropagate_app import facade, preference
 from backpropagate_app.display import config_rows, error_view, fmt_loss, thin
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
@@ -22,18 +22,21 @@ ROUTE = "/runs/compare"
 def _side(store, key: str) -> dict:
     """One run's name, resolved settings, curves, scores and latest held-out answers."""
     run = store.get(key)
-    started, samples, points = {}, {}, {}
-    for _i, event in store.events(run.id, types=("run_started", "step", "eval", "samples")):
+    started, samples, points, facts = {}, {}, {}, {}
+    for _i, event in store.events(run.id, types=("run_started", "step", "eval", "samples", "finished")):
         kind = event["type"]
+        preference.fold(facts, event)
         if kind == "run_started":
             started = event
         elif kind == "samples":
             samples = event
-        else:
+        elif kind in ("step", "eval"):
             point = points.setdefault(event["step"], {"step": event["step"]})
             point["loss" if kind == "step" else "eval_loss"] = event.get("loss")
     summary = run.summary or {}
-    return {"id": run.id, "name": run.name or run.id[:8], "status": run.status,
+    method = preference.method_of(run.to_dict(), facts.get("started"), facts.get("finished"))
+    return {"id": run.id, "name": run.name or run.id[:8], "status": run.status, "method": method,
+            "reward_accuracy": facts.get("reward_accuracy"),
             "config": config_rows(started.get("config") or run.config, {}),
             "points": points, "final_loss": fmt_loss(run.final_loss),
             "best": summary.get("best_score"), "base": summary.get("base_score"),
@@ -64,7 +67,10 @@ def comparison(store, a: str, b: str) -> dict:
         pct = lambda v: "—" if v is None else f"{v:.0%}"  # noqa: E731
         return {"id": side["id"], "name": side["name"], "status": side["status"],
                 "final_loss": side["final_loss"], "score": pct(side["best"]), "base": pct(side["base"]),
-                "best_step": "—" if side["best_step"] is None else str(side["best_step"])}
+                "best_step": "—" if side["best_step"] is None else str(side["best_step"]),
+                "method": preference.LABELS.get(side["method"], "auto"),
+                "pairs": "yes" if side["method"] in preference.PREFERENCE_METHODS else "",
+                "reward_accuracy": pct(side["reward_accuracy"])}
 
     return {"a": head(left), "b": head(right), "diff": diff, "points": thin(points), "answers": answers}
 
@@ -100,9 +106,14 @@ def _head(side, label: str, color: str) -> rx.Component:
         rx.hstack(rx.badge(label, color_scheme=color), rx.link(side["name"], href="/runs/" + side["id"],
                                                                 weight="bold"),
                   ui.status_badge(side["status"]), align="center"),
-        rx.flex(ui.stat("Final loss", side["final_loss"], f"final-loss-{label}"),
-                ui.stat("Held-out answers with the fact", side["score"], f"score-{label}"),
-                ui.stat("Base model", side["base"], f"base-{label}"),
+        rx.flex(ui.stat("Method", side["method"], f"method-{label}"),
+                ui.stat("Final loss", side["final_loss"], f"final-loss-{label}"),
+                # A preference run's headline is how it ranks held-out pairs, an SFT run's
+                # how many held-out questions it answers with the fact.
+                rx.cond(side["pairs"] != "",
+                        ui.stat("Held-out reward accuracy", side["reward_accuracy"], f"reward-accuracy-{label}"),
+                        rx.fragment(ui.stat("Held-out answers with the fact", side["score"], f"score-{label}"),
+                                    ui.stat("Base model", side["base"], f"base-{label}"))),
                 ui.stat("Kept step", side["best_step"], f"best-{label}"), wrap="wrap", spacing="5"),
     )
 

@@ -9,7 +9,7 @@ import reflex as rx
 
 from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
-from backpropagate_app import facade
+from backpropagate_app import facade, preference
 from backpropagate_app.display import run_row, sparkline
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.runs.store import STATUSES
@@ -19,26 +19,35 @@ LIMIT = 200
 
 
 class SparkCache:
-    """Each run's step losses, read incrementally when its step moved; sparklines are
-    made from them."""
+    """Each run's step losses, and what its other events said (`preference.fold`: method,
+    held-out reward accuracy), read incrementally when its step or status moved;
+    sparklines are made from the losses."""
+
+    EVENTS = ("run_started", "step", "eval", "finished")
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[int, int, list]] = {}
+        self._cache: dict[str, tuple[tuple, int, list, dict]] = {}
 
-    def get(self, run) -> list[dict]:
-        step, after, losses = self._cache.get(run.id, (-1, 0, []))
-        if run.step != step:
-            new = facade.store().events(run.id, after_id=after, types=("step",))
+    def get(self, run) -> tuple[list[dict], dict]:
+        """(sparkline points, facts) of a run."""
+        seen, after, losses, facts = self._cache.get(run.id, (None, 0, [], {}))
+        # The final evaluation and Finished come after the last step: the status moves then.
+        if (run.step, run.status) != seen:
+            new = facade.store().events(run.id, after_id=after, types=self.EVENTS)
             if new:
-                after, losses = new[-1][0], losses + [e.get("loss") for _i, e in new]
-            self._cache[run.id] = (run.step, after, losses)
-        return sparkline(losses)
+                after = new[-1][0]
+                losses = losses + [e.get("loss") for _i, e in new if e.get("type") == "step"]
+                facts = dict(facts)
+                for _i, event in new:
+                    preference.fold(facts, event)
+            self._cache[run.id] = ((run.step, run.status), after, losses, facts)
+        return sparkline(losses), facts
 
 
 def read_rows(status: str, sparks: SparkCache, kind: str | None = None) -> list[dict]:
     runs = facade.store().list(status=None if status == ALL else status, kind=kind, limit=LIMIT,
                                top_level=True)
-    return [run_row(r.to_dict(), sparks.get(r)) for r in runs]
+    return [run_row(r.to_dict(), *sparks.get(r)) for r in runs]
 
 
 class RunsState(rx.State):
@@ -93,6 +102,7 @@ def runs_table(rows: rx.Var, empty_text: str, picked: rx.Var | None = None, on_p
             rx.table.cell(rx.link(r["name"], href="/runs/" + r["id"].to(str), weight="bold"),
                           rx.text(r["short_id"], size="1", color_scheme="gray")),
             rx.table.cell(ui.status_badge(r["status"])),
+            rx.table.cell(rx.badge(r["method"], variant="outline", data_testid="run-method")),
             rx.table.cell(r["model"]),
             rx.table.cell(r["dataset"]),
             rx.table.cell(r["started"]),
@@ -105,7 +115,8 @@ def runs_table(rows: rx.Var, empty_text: str, picked: rx.Var | None = None, on_p
         )
 
     headers = [*([""] if on_pick is not None else []),
-               "Run", "Status", "Model", "Dataset", "Started", "Duration", "Steps", "Loss", "Learned", "Curve"]
+               "Run", "Status", "Method", "Model", "Dataset", "Started", "Duration", "Steps", "Loss", "Learned",
+               "Curve"]
     return rx.cond(
         rows.length() > 0,
         rx.box(

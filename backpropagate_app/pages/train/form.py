@@ -13,6 +13,7 @@ from typing import Any
 from backpropagate_core.config import LoraSettings, TrainingSettings
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.protocol import Plan
+from backpropagate_core.training.preference import PREFERENCE_METHODS
 
 FORM_FIELDS: list[tuple[str, str, type]] = [
     ("steps", "Steps", int),
@@ -24,7 +25,11 @@ FORM_FIELDS: list[tuple[str, str, type]] = [
     ("alpha", "LoRA alpha", int),
 ]
 """(config key, label, type) of the hyperparameters the Train page lets a person edit."""
-_KINDS = {key: kind for key, _label, kind in FORM_FIELDS}
+PREFERENCE_FIELDS: list[tuple[str, str, type]] = [("beta", "Beta", float)]
+"""Fields shown, beside the method, only for a preference dataset."""
+ALL_FIELDS = FORM_FIELDS + PREFERENCE_FIELDS
+_KINDS = {key: kind for key, _label, kind in ALL_FIELDS}
+_CAPTIONED = [key for key, _label, _type in ALL_FIELDS] + ["method"]
 
 _DESCRIPTIONS = {**{k: f.description for k, f in TrainingSettings.model_fields.items()},
                  **{k: f.description for k, f in LoraSettings.model_fields.items()}}
@@ -42,24 +47,27 @@ class MemoryFacts:
     precision: str = "fp32"
     load_in_4bit: bool = False
     gradient_checkpointing: bool = False
+    pairs: bool = False
+    """DPO or ORPO: each example is two sequences, its chosen and its rejected answer."""
 
     @classmethod
     def of(cls, plan: Plan) -> MemoryFacts:
         t = plan.config.training
         return cls(device=plan.device, memory_gb=plan.memory_gb, label_fraction=plan.label_fraction,
                    precision=t.precision, load_in_4bit=t.load_in_4bit,
-                   gradient_checkpointing=bool(t.gradient_checkpointing))
+                   gradient_checkpointing=bool(t.gradient_checkpointing), pairs=t.method in PREFERENCE_METHODS)
 
 
 def plan_values(plan: Plan) -> dict[str, float]:
     """The plan's value for each form field (fields it leaves open are missing)."""
     chosen = {**plan.config.lora.model_dump(), **plan.config.training.model_dump()}
-    return {key: chosen[key] for key, _label, _type in FORM_FIELDS if chosen.get(key) is not None}
+    return {key: chosen[key] for key, _label, _type in ALL_FIELDS if chosen.get(key) is not None}
 
 
 def plan_captions(plan: Plan) -> dict[str, str]:
-    """The caption under each field: the plan's reason, else the setting's description."""
-    return {key: plan.reasons.get(key) or _default_caption(key) for key, _l, _t in FORM_FIELDS}
+    """The caption under each field and the method: the plan's reason, else the setting's
+    description."""
+    return {key: plan.reasons.get(key) or _default_caption(key) for key in _CAPTIONED}
 
 
 def as_text(value: float | None) -> str:
@@ -96,14 +104,14 @@ def merge_plan(form: dict[str, str], planned: dict[str, float], fresh: dict[str,
     """The form after a new plan arrives: fields the person edited keep their text, the
     rest take the fresh plan's values."""
     return {key: form.get(key, "") if edited(form, planned, key) else as_text(fresh.get(key))
-            for key, _label, _type in FORM_FIELDS}
+            for key, _label, _type in ALL_FIELDS}
 
 
 def field_captions(form: dict[str, str], planned: dict[str, float], captions: dict[str, str]) -> dict[str, str]:
     """The caption under each field: the plan's reason, or what the plan would have used
     once the person typed their own value."""
-    shown = {}
-    for key, _label, _type in FORM_FIELDS:
+    shown = {"method": captions.get("method", "")}
+    for key, _label, _type in ALL_FIELDS:
         if key in planned and edited(form, planned, key):
             shown[key] = f"set by you; the plan chose {as_text(planned[key])} ({captions.get(key, '')})"
         else:
@@ -112,7 +120,7 @@ def field_captions(form: dict[str, str], planned: dict[str, float], captions: di
 
 
 def default_captions() -> dict[str, str]:
-    return {key: _default_caption(key) for key, _l, _t in FORM_FIELDS}
+    return {key: _default_caption(key) for key in _CAPTIONED}
 
 
 def _default_caption(key: str) -> str:
@@ -120,14 +128,18 @@ def _default_caption(key: str) -> str:
     return (_DESCRIPTIONS.get(key) or "").replace("None ", "Blank ")
 
 
-def form_overrides(form: dict[str, str], planned: dict[str, float]) -> dict[str, Any]:
-    """Overrides for `start_run`: the fields a person changed from the plan (blank = auto).
+def form_overrides(form: dict[str, str], planned: dict[str, float], method: str = "",
+                   pairs: bool = False) -> dict[str, Any]:
+    """Overrides for `start_run`: the fields a person changed from the plan (blank = auto)
+    and, for a preference dataset (`pairs`), the method they picked ("" = the plan's) and beta.
 
     Raises one CONFIG_INVALID listing every field that is not a number of the right kind.
     """
-    overrides: dict[str, Any] = {}
+    # The plan was made with the picked method, so the method is sent whenever one was
+    # picked, not only when it differs from the plan.
+    overrides: dict[str, Any] = {"method": method} if pairs and method else {}
     problems = []
-    for key, label, kind in FORM_FIELDS:
+    for key, label, kind in ALL_FIELDS if pairs else FORM_FIELDS:
         text = (form.get(key) or "").strip()
         try:
             value = parse_field(key, text)
@@ -161,6 +173,7 @@ def memory_line(model: str, form: dict[str, str], planned: dict[str, float], fac
     seq, batch, r = chosen("max_seq_len"), chosen("batch_size"), chosen("r")
     if not (model and seq and batch and r and facts.device):
         return ""
+    batch *= 2 if facts.pairs else 1
     try:
         shape = shape_of(model)
     except BackpropError:

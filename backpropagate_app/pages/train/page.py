@@ -9,11 +9,13 @@ import reflex as rx
 from backpropagate_app.tasks import attempt
 from backpropagate_app import components as ui
 from backpropagate_app import facade
+from backpropagate_app import preference
 from backpropagate_app.display import EMPTY_RUN_VIEW, error_view
 from backpropagate_app.live import RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
-from backpropagate_app.pages.train.form import (FORM_FIELDS, MemoryFacts, default_captions, field_captions,
-                                          form_overrides, memory_line, merge_plan, plan_captions, plan_values)
+from backpropagate_app.pages.train.form import (ALL_FIELDS, FORM_FIELDS, MemoryFacts, default_captions,
+                                                field_captions, form_overrides, memory_line, merge_plan,
+                                                plan_captions, plan_values)
 from backpropagate_core.errors import BackpropError
 
 
@@ -43,11 +45,13 @@ class TrainRun(RunView, rx.State):
         await self._follow(run_to_show)
 
 
-def _start(choice: str, custom: str, data: str, name: str, overrides: dict) -> str:
+def _start(choice: str, custom: str, data: str, name: str, form: dict, planned: dict, method: str,
+           pairs: bool) -> str:
     """Start a run from the form (blocking; called off the event loop)."""
     if not data:
         raise BackpropError("INPUT_DATASET_NOT_FOUND", "no dataset chosen",
                             hint="Pick a dataset, or upload one on the Dataset page.")
+    overrides = form_overrides(form, planned, method, pairs)
     return facade.start_run(facade.model_spec(choice, custom), data, name, overrides)
 
 
@@ -67,6 +71,11 @@ class TrainState(rx.State):
     captions: dict[str, str] = {}
     plan_facts: MemoryFacts = MemoryFacts()
     """Device, memory and precision from the last plan, for `memory_note`."""
+    data_format: str = ""
+    """The picked dataset's format, from the last plan; "" until it arrives."""
+    method: str = ""
+    """The method picked for a preference dataset; "" leaves it to the plan."""
+    planned_method: str = ""
     planning: bool = False
     _plan_ticket: int = 0
     plan_error: dict[str, str] = {}
@@ -91,7 +100,7 @@ class TrainState(rx.State):
             self.dataset_path = (quickstart or [self.datasets[0]["path"]])[0]
         if not self.captions:
             self.captions = default_captions()
-            self.form = {key: "" for key, _label, _type in FORM_FIELDS}
+            self.form = {key: "" for key, _label, _type in ALL_FIELDS}
         return TrainState.refresh_plan
 
     @rx.var
@@ -106,6 +115,14 @@ class TrainState(rx.State):
             return ""
         return memory_line(model, self.form, self.planned, self.plan_facts)
 
+    @rx.var
+    def pairs(self) -> bool:
+        return preference.is_preference(self.data_format)
+
+    @rx.var
+    def method_shown(self) -> str:
+        return self.method or self.planned_method
+
     @rx.event(background=True)
     async def refresh_plan(self):
         """Ask the engine for its defaults (and why) for this model and dataset. Only the
@@ -115,24 +132,27 @@ class TrainState(rx.State):
                 model = facade.model_spec(self.model_choice, self.custom_model)
             except BackpropError:
                 return
-            data = self.dataset_path
+            data, method = self.dataset_path, self.method
             if not data:
                 return
             self._plan_ticket += 1
             ticket = self._plan_ticket
             self.planning, self.plan_error = True, {}
-        values, captions, facts = None, None, MemoryFacts()
+        plan, error = None, {}
         try:
-            plan, error = await attempt(facade.plan, model, data)
-            if plan is not None:
-                values, captions, facts = plan_values(plan), plan_captions(plan), MemoryFacts.of(plan)
+            # A method changes the defaults (DPO learns at a tenth of the SFT rate), so the
+            # plan is made with the picked one.
+            plan, error = await attempt(facade.plan, model, data, {"method": method} if method else None)
         finally:
             async with self:
                 if ticket == self._plan_ticket:
                     self.planning, self.plan_error = False, error
-                    if values is not None:
+                    if plan is not None:
+                        values = plan_values(plan)
                         self.form = merge_plan(self.form, self.planned, values)
-                        self.planned, self.captions, self.plan_facts = values, captions, facts
+                        self.planned, self.captions = values, plan_captions(plan)
+                        self.plan_facts = MemoryFacts.of(plan)
+                        self.data_format, self.planned_method = plan.format, plan.config.training.method
 
     @rx.event
     def set_model_choice(self, value: str):
@@ -150,7 +170,13 @@ class TrainState(rx.State):
 
     @rx.event
     def set_dataset(self, value: str):
-        self.dataset_path = value
+        # Another dataset may not hold pairs: its plan says so, and picks its own method.
+        self.dataset_path, self.data_format, self.method = value, "", ""
+        return TrainState.refresh_plan
+
+    @rx.event
+    def set_method(self, value: str):
+        self.method = value
         return TrainState.refresh_plan
 
     @rx.event
@@ -168,8 +194,9 @@ class TrainState(rx.State):
                 return
             self.starting, self.start_error = True, {}
             form, planned, name, data = dict(self.form), dict(self.planned), self.run_name, self.dataset_path
-            choice, custom = self.model_choice, self.custom_model
-        run_id, error = await attempt(_start, choice, custom, data, name, form_overrides(form, planned))
+            choice, custom, method = self.model_choice, self.custom_model, self.method
+            pairs = preference.is_preference(self.data_format)
+        run_id, error = await attempt(_start, choice, custom, data, name, form, planned, method, pairs)
         run_id = run_id or ""
         async with self:
             self.starting, self.start_error = False, error
@@ -218,14 +245,40 @@ def dataset_picker() -> rx.Component:
     )
 
 
-def field(key: str, label: str) -> rx.Component:
+def field(key: str, label: str, placeholder: str = "auto") -> rx.Component:
     S = TrainState
     return rx.vstack(
         rx.text(label, size="2", weight="bold"),
-        rx.input(value=S.form[key], placeholder="auto", on_change=lambda v: S.set_field(key, v),
+        rx.input(value=S.form[key], placeholder=placeholder, on_change=lambda v: S.set_field(key, v),
                  disabled=TrainRun.active, width="100%", data_testid=f"field-{key}"),
         rx.text(S.field_notes[key], size="1", color_scheme="gray", data_testid=f"reason-{key}"),
         spacing="1", width="100%",
+    )
+
+
+def method_picker() -> rx.Component:
+    """How to train on a preference dataset, each method with its one-line why, and beta."""
+    S = TrainState
+
+    def choice(m: dict) -> rx.Component:
+        return rx.radio_cards.item(
+            rx.vstack(rx.text(m["label"], size="2", weight="bold"),
+                      rx.text(m["note"], size="1", color_scheme="gray"), spacing="1", align="start"),
+            value=m["value"], data_testid=f"method-{m['value']}")
+
+    return rx.grid(
+        rx.vstack(
+            rx.text("Method (the dataset holds chosen / rejected answer pairs)", size="2", weight="bold"),
+            rx.radio_cards.root(*[choice(m) for m in preference.METHODS], value=S.method_shown,
+                                on_value_change=S.set_method, disabled=TrainRun.active,
+                                columns=rx.breakpoints(initial="1", sm="3"), size="1", width="100%",
+                                data_testid="method"),
+            rx.text(S.field_notes["method"], size="1", color_scheme="gray", data_testid="reason-method"),
+            spacing="1", width="100%",
+        ),
+        field("beta", "Beta", placeholder="0.1"),
+        columns=rx.breakpoints(initial="1", lg="3fr 1fr"), spacing="4", width="100%",
+        data_testid="method-picker",
     )
 
 
@@ -241,6 +294,7 @@ def setup_card() -> rx.Component:
             align="center", spacing="3",
         ),
         ui.error_callout(S.plan_error, test_id="plan-error"),
+        rx.cond(S.pairs, method_picker()),
         rx.grid(*[field(key, label) for key, label, _t in FORM_FIELDS],
                 columns=rx.breakpoints(initial="1", sm="2", lg="4"), spacing="4", width="100%"),
         rx.cond(S.memory_note != "",
