@@ -33,6 +33,9 @@ class TrainingSettings(BaseModel):
                             "(preference datasets); auto: dpo for a preference dataset, else sft.")
     beta: float | None = Field(None, gt=0, le=10, description="DPO: how far the model may move from its "
                                "reference; ORPO: weight of the preference term. None picks 0.1.")
+    sft_weight: float | None = Field(None, ge=0, le=10, description="DPO: weight of a loss on the chosen "
+                                     "answers next to the preference loss, so the model gives them and not only "
+                                     "ranks them higher. None picks 1.0; 0 is plain DPO.")
     steps: int | None = Field(None, ge=1, description="Optimizer steps; None derives it from epochs and dataset size.")
     epochs: float | None = Field(None, gt=0, description="Passes over the data when steps is None.")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate; None picks one for LoRA rank and model size.")
@@ -96,6 +99,11 @@ class SecuritySettings(BaseModel):
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Extra Host names the UI answers to (e.g. a LAN name like box.local:7862); loopback and the tunnel are added.")
+    engine_memory_gb: float | None = Field(
+        None, ge=0,
+        description="Address-space limit (GiB) of the engine processes the UI starts (helper, training and export "
+                    "workers); None: 3/4 of the machine's memory, at least 8; 0: no limit. Linux only, and never "
+                    "set where a GPU driver is present.")
 
 
 ENV_ONLY = {"security": None, "training": {"trust_remote_code"}}

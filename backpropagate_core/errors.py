@@ -94,6 +94,10 @@ CATALOG: dict[str, ErrorSpec] = dict(
         _spec("RUNTIME_WORKER_DIED", "The training worker process ended without reporting.",
               "It was killed or crashed (often out of memory); `backprop resume RUN` continues from the last checkpoint.",
               retryable=True),
+        _spec("RUNTIME_MEMORY_LIMIT", "An engine process the UI started reached its memory limit and stopped.",
+              "The input needs more memory than the limit allows: a very large or malformed model, dataset or "
+              "file. If it is one you trust, raise BACKPROPAGATE_SECURITY__ENGINE_MEMORY_GB (0 turns the limit "
+              "off) and restart the UI."),
         _spec("RUNTIME_CANCELLED", "The run was stopped by the user.",
               "`backprop resume RUN` continues from the checkpoint written at stop."),
         # State: the run store, run folders and checkpoints.

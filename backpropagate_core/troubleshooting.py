@@ -109,6 +109,11 @@ ENTRIES: dict[str, Entry] = {
     "RUNTIME_WORKER_DIED": Entry(
         "A run shows as interrupted; its worker is gone.",
         "The worker process was killed (out of memory, `kill -9`, a reboot) or crashed before it could report."),
+    "RUNTIME_MEMORY_LIMIT": Entry(
+        "A dataset report, plan or chat answer in the UI fails: the engine reached its memory limit.",
+        "Engine processes the UI starts run under an address-space limit (3/4 of the machine's memory, at least "
+        "8 GiB, unless `BACKPROPAGATE_SECURITY__ENGINE_MEMORY_GB` sets it), so a memory bomb fails there and not "
+        "the machine; the input asked for more."),
     "RUNTIME_CANCELLED": Entry(
         "A run shows as cancelled.",
         "Someone pressed Stop, ran `backprop cancel` or Ctrl-C; a checkpoint was written first."),

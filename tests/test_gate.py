@@ -31,10 +31,12 @@ class TinyApp:
 
     def __init__(self):
         self.reached: list[str] = []
+        self.headers: list[dict[bytes, bytes]] = []
         self.ws_closed_by_gate = False
 
     async def __call__(self, scope, receive, send):
         self.reached.append(f"{scope['type']} {scope['path']}")
+        self.headers.append(dict(scope["headers"]))
         if scope["type"] == "http":
             body = b""
             while True:
@@ -410,6 +412,71 @@ def test_open_mode_websocket_passes_with_own_origin():
     assert [m["type"] for m in out] == ["websocket.accept", "websocket.send"]
     out = run_async(_ws(gate, {"origin": "http://evil.example"}))
     assert [m["type"] for m in out] == ["websocket.close"]
+
+
+def test_websocket_message_over_the_size_cap_closes_the_socket():
+    gate, app = make(max_ws_message_bytes=1000)
+    token = login(gate)
+    out = run_async(_ws(gate, {"cookie": f"{COOKIE}={token}", "origin": ORIGIN}, messages=("a" * 1000, "b" * 1001)))
+    assert [m["type"] for m in out] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert out[-1]["code"] == 1009 and out[-1]["reason"] == "message too big"
+
+
+def test_websocket_flood_closes_the_socket_after_the_burst():
+    gate, app = make(ws_message_burst=5, ws_messages_per_second=1)
+    token = login(gate)
+    out = run_async(_ws(gate, {"cookie": f"{COOKIE}={token}", "origin": ORIGIN}, messages=["x"] * 20))
+    kinds = [m["type"] for m in out]
+    assert kinds == ["websocket.accept"] + ["websocket.send"] * 5 + ["websocket.close"]
+    assert out[-1]["code"] == 1008 and out[-1]["reason"] == "too many messages"
+
+
+def test_open_websockets_are_capped_per_session_and_in_all():
+    gate, app = make(max_websockets_per_session=2, max_websockets=3)
+    tokens = [login(gate), login(gate)]
+
+    async def run():
+        inboxes, tasks, sent = [], [], []
+
+        async def open_one(token):
+            inbox: asyncio.Queue = asyncio.Queue()
+            await inbox.put({"type": "websocket.connect"})
+            out: list = []
+            scope = scope_for("/_event", headers={"cookie": f"{COOKIE}={token}", "origin": ORIGIN}, kind="websocket")
+            tasks.append(asyncio.create_task(gate(scope, inbox.get, lambda m: _append(out, m))))
+            inboxes.append(inbox)
+            sent.append(out)
+            await asyncio.sleep(0.05)
+            return out[0]["type"] if out else None
+
+        kinds = [await open_one(tokens[0]) for _ in range(3)]  # the third is over the session's cap
+        kinds += [await open_one(tokens[1]) for _ in range(2)]  # the second is over the cap in all
+        for inbox in inboxes:
+            await inbox.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(asyncio.gather(*tasks), 2)
+        kinds.append(await open_one(tokens[1]))  # closed ones no longer count
+        await inboxes[-1].put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(tasks[-1], 2)
+        return kinds
+
+    assert run_async(run()) == ["websocket.accept", "websocket.accept", "websocket.close",
+                                "websocket.accept", "websocket.close", "websocket.accept"]
+    assert gate.open_sockets == {}
+
+
+async def _append(out: list, message: dict) -> None:
+    out.append(message)
+
+
+def test_the_app_never_sees_credentials():
+    gate, app = make()
+    token = login(gate)
+    request(gate, "/_health", headers={"cookie": f"theme=dark; {COOKIE}={token}; other=1"})
+    request(gate, "/_health", headers={"authorization": basic("alice", PASSWORD), "cookie": f"{COOKIE}={token}"})
+    run_async(_ws(gate, {"cookie": f"{COOKIE}={token}", "origin": ORIGIN, "authorization": "Basic eA=="}))
+    assert app.headers[0][b"cookie"] == b"theme=dark; other=1"
+    assert all(b"authorization" not in h and token.encode() not in h.get(b"cookie", b"") for h in app.headers)
+    assert len(app.headers) == 3
 
 
 def test_gate_config_from_gate_file(tmp_path, monkeypatch):

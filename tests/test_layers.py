@@ -16,7 +16,8 @@ PACKAGES = ("backpropagate_core", "backpropagate_app")
 LAYERS = [
     ["backpropagate_core.errors", "backpropagate_core.redact", "backpropagate_core.config",
      "backpropagate_core.logs", "backpropagate_core.platform_support", "backpropagate_core.privacy",
-     "backpropagate_core.troubleshooting", "backpropagate_core.runs.layout", "backpropagate_core.runs.events"],
+     "backpropagate_core.troubleshooting", "backpropagate_core.runs.layout", "backpropagate_core.runs.events",
+     "backpropagate_core.memory_limit"],
     ["backpropagate_core.runs.store", "backpropagate_core.runs.schema", "backpropagate_core.runs.console",
      "backpropagate_core.hardware",
      "backpropagate_core.data", "backpropagate_core.model", "backpropagate_core.eval"],

@@ -129,6 +129,7 @@ def test_auto_picks_dpo_for_pairs_and_explains_defaults(tiny_llama, pairs_file):
     t, why = plan["config"]["training"], plan["reasons"]
     assert t["method"] == "dpo" and "chosen/rejected" in why["method"]
     assert t["beta"] == 0.1 and "DPO" in why["beta"]
+    assert t["sft_weight"] == 1.0 and "chosen answers" in why["sft_weight"]
     assert "pairs" in why["steps"] and "DPO" in why["learning_rate"]
     sft_rate = plan_run(build_config(str(tiny_llama), str(pairs_file), method="sft"))["config"]["training"]
     assert t["learning_rate"] < sft_rate["learning_rate"]

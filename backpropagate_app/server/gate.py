@@ -1,12 +1,15 @@
 """The gate in front of the whole web server: every page, asset, API route, upload and websocket.
 
-A pure ASGI wrapper (installed through `rx.App(api_transformer=...)`), so nothing reaches
-Reflex without passing here. It always checks the Host header (against DNS rebinding),
-the Origin of requests and websocket upgrades (against cross-site requests), caps request
-bodies and adds security headers (`policy`). With a login configured (`backprop ui --auth`)
-it also serves the login page, issues a signed session cookie (a JWT), accepts HTTP Basic
-for scripts, refuses unauthenticated websocket upgrades before accepting them, closes open
-websockets when their session logs out (`sessions`), and rate-limits logins and uploads.
+A pure ASGI wrapper around the whole server Reflex builds, its CORS layer included
+(`backpropagate_app.backpropagate_app.GatedApp`), so nothing reaches Reflex without
+passing here, not even a CORS preflight. It always checks the Host header (against DNS
+rebinding), the Origin of requests and websocket upgrades (against cross-site requests),
+caps request bodies and websocket messages (size, rate, open sockets), and adds security
+headers (`policy`); what it passes on carries no credentials. With a login configured
+(`backprop ui --auth`) it also serves the login page, issues a signed session cookie (a
+JWT), accepts HTTP Basic for scripts, refuses unauthenticated websocket upgrades before
+accepting them, closes open websockets when their session logs out (`sessions`), and
+rate-limits logins and uploads.
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ class GateConfig:
     logins_per_minute: int = 5
     """Failed logins per client (address, or IPv6 /64) per minute before 429."""
     uploads_per_minute: int = 20
+    max_ws_message_bytes: int = 1 << 20
+    """Largest websocket message from a client; Reflex's events are a few kB, uploads use HTTP."""
+    ws_messages_per_second: float = 50.0
+    """Sustained websocket messages per connection (typing sends one event per keystroke)."""
+    ws_message_burst: int = 200
+    """Messages a connection may send at once before the sustained rate applies."""
+    max_websockets: int = 32
+    """Open websockets in all; the server below the gate buffers up to 64 MiB of an unfinished
+    message per socket before the size cap can see it, so their number bounds that memory."""
+    max_websockets_per_session: int = 16
+    """Open websockets per session: one per browser tab (all Basic clients are one session;
+    without a login, each client address is)."""
 
     @property
     def auth(self) -> bool:
@@ -95,6 +110,8 @@ class Gate:
         self.config = config or GateConfig.from_env()
         self.sessions = Sessions(self.config)
         self.upload_limit = RateLimiter(self.config.uploads_per_minute)
+        self.open_sockets: dict[str, int] = {}
+        """Session key -> its open websockets."""
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -138,6 +155,9 @@ class Gate:
             return await self._redirect(req, send, "/login", cookie=f"{COOKIE}=; Max-Age=0")
         if req.method == "POST":
             return await self._login_post(req, receive, send)
+        if req.method not in ("GET", "HEAD"):  # a CORS preflight or a stray method: no login page
+            return await self._respond(req, send, 405, b'{"error": "use GET or POST /login"}\n',
+                                       "application/json", extra=[(b"allow", b"GET, HEAD, POST")])
         next_path = safe_next(parse_qs(req.query).get("next", ["/"])[0])
         if self.sessions.from_cookie(req.cookie(COOKIE)):
             return await self._redirect(req, send, next_path)
@@ -211,20 +231,32 @@ class Gate:
                 message = {**message, "headers": secure_headers(req.host, message.get("headers", []), req.https)}
             await send(message)
 
-        await self.app(req.scope, counted_receive, guarded_send)
+        await self.app(req.passed_on(COOKIE), counted_receive, guarded_send)
         if too_big and not started:
             await self._respond(req, send, 413, b'{"error": "request body too large"}\n', "application/json")
 
     async def _websocket(self, req: Request, session: Session, receive, send) -> None:
-        """Pass the socket on, closing it when its session is revoked or expires."""
+        """Pass the socket on, closing it when its session is revoked or expires, or when the
+        client sends a message over the size cap or faster than the message rate allows."""
+        if (sum(self.open_sockets.values()) >= self.config.max_websockets
+                or self.open_sockets.get(session.key, 0) >= self.config.max_websockets_per_session):
+            return await self._refuse(req, receive, send, 429, "too many open websockets")
         ended = asyncio.Event()
         if session.jti:
             self.sessions.watch(session.jti, ended)
         pending: asyncio.Future | None = None
         shut = False
+        limits = _MessageLimits(self.config)
+
+        async def close(code: int, reason: str) -> dict:
+            nonlocal shut
+            shut = True
+            with suppress(Exception):
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+            return {"type": "websocket.disconnect", "code": code}
 
         async def guarded_receive():
-            nonlocal pending, shut
+            nonlocal pending
             if shut:
                 return {"type": "websocket.disconnect", "code": 1008}
             if pending is None:
@@ -234,21 +266,23 @@ class Gate:
             done, _ = await asyncio.wait({pending, waiter}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
-            if pending in done:
-                message, pending = pending.result(), None
-                return message
-            shut = True
-            with suppress(Exception):
-                await send({"type": "websocket.close", "code": 1008, "reason": "session ended"})
-            return {"type": "websocket.disconnect", "code": 1008}
+            if pending not in done:
+                return await close(1008, "session ended")
+            message, pending = pending.result(), None
+            problem = limits.problem(message)
+            return await close(*problem) if problem else message
 
         async def guarded_send(message):
             if not shut:
                 await send(message)
 
+        self.open_sockets[session.key] = self.open_sockets.get(session.key, 0) + 1
         try:
-            await self.app(req.scope, guarded_receive, guarded_send)
+            await self.app(req.passed_on(COOKIE), guarded_receive, guarded_send)
         finally:
+            self.open_sockets[session.key] -= 1
+            if not self.open_sockets[session.key]:
+                del self.open_sockets[session.key]
             if session.jti:
                 self.sessions.unwatch(session.jti, ended)
             if pending is not None and not pending.done():
@@ -282,6 +316,27 @@ class Gate:
         await self._respond(req, send, status, body, "application/json")
 
 
+class _MessageLimits:
+    """What one websocket may send: messages up to the size cap, at the sustained rate after
+    a burst (a token bucket)."""
+
+    def __init__(self, config: GateConfig) -> None:
+        self.config = config
+        self.allowance, self.last = float(config.ws_message_burst), time.monotonic()
+
+    def problem(self, message: dict) -> tuple[int, str] | None:
+        """(close code, reason) when `message` breaks a limit; None when it may pass."""
+        if message["type"] != "websocket.receive":
+            return None
+        if len(message.get("bytes") or b"") + len(message.get("text") or "") > self.config.max_ws_message_bytes:
+            return 1009, "message too big"
+        now = time.monotonic()
+        self.allowance = min(float(self.config.ws_message_burst),
+                             self.allowance + (now - self.last) * self.config.ws_messages_per_second) - 1
+        self.last = now
+        return (1008, "too many messages") if self.allowance < 0 else None
+
+
 async def _read_body(receive, limit: int) -> bytes | None:
     """The request body, or None when it is larger than `limit` or the client left."""
     chunks, size = [], 0
@@ -304,5 +359,5 @@ def login_enabled() -> bool:
 
 
 def wrap(app):
-    """`rx.App(api_transformer=wrap)`: the gate around the whole server, configured from env."""
+    """The gate around `app` (the whole server), configured from env."""
     return Gate(app, GateConfig.from_env())

@@ -91,6 +91,24 @@ class Request:
                 return value
         return None
 
+    def passed_on(self, session_cookie: str) -> dict:
+        """The scope the app gets once the gate has let the request in: without the
+        Authorization header and the session cookie. Nothing behind the gate needs them, and
+        Reflex logs a failing event together with its connection's headers."""
+        name = session_cookie.encode("latin-1")
+        headers = []
+        for key, value in self.scope.get("headers", []):
+            lowered = key.lower()
+            if lowered == b"authorization":
+                continue
+            if lowered == b"cookie":
+                kept = [part for part in value.split(b";") if part.strip().partition(b"=")[0] != name]
+                value = b";".join(kept).strip()
+                if not value:
+                    continue
+            headers.append((key, value))
+        return {**self.scope, "headers": headers}
+
     def wants_page(self) -> bool:
         accept = self.header("accept") or ""
         return self.method in ("GET", "HEAD") and (

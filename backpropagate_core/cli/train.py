@@ -34,6 +34,7 @@ def train(
     config_file: Optional[Path] = typer.Option(None, "--config-file", help="An accelerate config (DDP, FSDP, DeepSpeed, several machines)."),
     method: Optional[str] = typer.Option(None, help="sft, dpo or orpo (default: dpo for a preference dataset, else sft)."),
     beta: Optional[float] = typer.Option(None, help="DPO/ORPO strength (default: 0.1)."),
+    sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="DPO: weight of learning the chosen answers too (default: 1.0; 0 = plain DPO)."),
     from_run: Optional[str] = typer.Option(None, "--from", help="Start from this earlier run's adapter (its model and LoRA shape)."),
 ) -> None:
     """Fine-tune a model with LoRA on a dataset. Ctrl-C stops after saving a checkpoint."""
@@ -41,7 +42,7 @@ def train(
                      grad_accum=grad_accum, max_seq_len=max_seq_len, r=lora_r, alpha=lora_alpha,
                      precision=precision, load_in_4bit=load_in_4bit or None,
                      skip_bad_lines=skip_bad_lines or None, seed=seed, backend=backend,
-                     method=method, beta=beta, from_run=from_run)
+                     method=method, beta=beta, sft_weight=sft_weight, from_run=from_run)
     if detach:
         from backpropagate_core.runs.worker import start_run
 

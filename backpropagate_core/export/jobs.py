@@ -137,7 +137,9 @@ def run_job(store, export_id: str) -> int:
         return err.exit_code  # run_export recorded it
     except Exception as err:  # noqa: BLE001 - the export worker's outer edge: record a coded failure
         _log.error("export failed", exc_info=err)
-        coded = BackpropError("RUNTIME_UNEXPECTED", f"{type(err).__name__}: {err}")
+        from backpropagate_core import memory_limit
+
+        coded = memory_limit.coded(err) or BackpropError("RUNTIME_UNEXPECTED", f"{type(err).__name__}: {err}")
         store.record(ev.Failed(export_id, code=coded.code, message=coded.message, hint=coded.hint))
         return coded.exit_code
 

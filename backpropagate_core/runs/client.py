@@ -3,7 +3,8 @@
 Import-light (pydantic, no torch): the UI server calls these from threads. The first call
 starts the helper; later calls reuse it, so a plan or report for a model the helper has
 seen answers in well under a second. A helper that died is started again and the request
-sent once more; an error it replies with is raised here as the same coded BackpropError.
+sent once more (unless it died of a failed allocation under the UI's memory limit); an
+error it replies with is raised here as the same coded BackpropError.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
+from backpropagate_core import memory_limit
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.protocol import (
     KINDS,
@@ -77,8 +79,13 @@ class EngineClient:
         with self._lock:
             try:
                 reply = self._exchange(kind, body, timeout, on_partial)
-            except _HelperGone:
+            except _HelperGone as gone:
                 self._stop()
+                if memory_limit.exhausted(str(gone)):
+                    # A native library aborted on a failed allocation: asking again would
+                    # only run the same bomb in a fresh helper.
+                    raise memory_limit.exceeded(f"the engine helper ended while answering a {kind} request: "
+                                                f"{str(gone)[-300:]}") from None
                 try:
                     reply = self._exchange(kind, body, timeout, on_partial)
                 except _HelperGone as gone:

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ValidationError
 
+from backpropagate_core import memory_limit
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs.protocol import (
     REQUESTS,
@@ -150,8 +151,11 @@ def handle(line: str) -> dict:
     try:
         return {"id": request_id, "ok": True, "body": HANDLERS[kind](request).model_dump(mode="json")}
     except BackpropError as err:
-        return _error(request_id, ErrorReply.of(err))
+        return _error(request_id, ErrorReply.of(memory_limit.coded(err.__cause__) or err))
     except Exception as exc:  # noqa: BLE001 - the helper's outer edge: the caller gets a coded error
+        hit = memory_limit.coded(exc)
+        if hit is not None:  # the allocation failed and was freed: the helper can go on serving
+            return _error(request_id, ErrorReply.of(hit))
         traceback.print_exc(file=sys.stderr)
         return _error(request_id, ErrorReply(code="RUNTIME_UNEXPECTED", message=f"{type(exc).__name__}: {exc}"))
 
@@ -197,6 +201,11 @@ def main() -> int:
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    # Before torch loads: started by the UI, the helper answers under the address-space
+    # limit, so a forged model or dataset that asks for too much fails that one request.
+    limit = memory_limit.apply_under_ui()
+    if limit:
+        print(f"memory limit: {limit} bytes", file=sys.stderr)
     loader.keep_tokenizers()
     try:
         serve(sys.stdin, replies)

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from backpropagate_core import logs, platform_support
+from backpropagate_core import logs, memory_limit, platform_support
 from backpropagate_core.errors import BackpropError
 from backpropagate_core.runs import client
 from backpropagate_core.runs import events as ev
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.get_logger(__name__).info("run_started run_id=%s resume=%s pid=%s", args.run_id,
                                        args.resume, os.getpid())
         try:
+            _limit_memory()
             from backpropagate_core.training.multirun import execute
 
             execute(args.run_id, RunStore(), resume=args.resume, extra_sinks=_console_sinks(args.console))
@@ -203,9 +204,18 @@ def _export_main(argv: list[str]) -> int:
     logs.setup_logging()
     with logs.bind_run(args.export_run_id):
         logs.get_logger(__name__).info("export_started run_id=%s pid=%s", args.export_run_id, os.getpid())
+        _limit_memory()
         from backpropagate_core.export import jobs
 
         return jobs.run_job(RunStore(), args.export_run_id)
+
+
+def _limit_memory() -> None:
+    """Before torch loads: a worker the UI started runs under the address-space limit
+    (`memory_limit`), so a memory bomb in its input fails this run, not the machine."""
+    limit = memory_limit.apply_under_ui()
+    if limit:
+        logs.get_logger(__name__).info("memory_limit bytes=%s", limit)
 
 
 def _console_sinks(wanted: bool) -> list:

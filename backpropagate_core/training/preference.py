@@ -103,7 +103,9 @@ def build_trainer(model, tokenizer, train_rows: list[dict], val_rows: list[dict]
     if t.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        config = DPOConfig(**args, beta=t.beta, max_length=t.max_seq_len,
+        weight = t.sft_weight or 0.0
+        losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, weight]} if weight else {}
+        config = DPOConfig(**args, beta=t.beta, max_length=t.max_seq_len, **losses,
                            # The reference's log-probs are computed once, before training, not
                            # at every step of every epoch: one forward pass per pair in all.
                            precompute_ref_log_probs=True)

@@ -54,6 +54,11 @@ def classify(err: Exception, files: RunDir | None = None) -> BackpropError:
     """A coded error for an unexpected exception from training."""
     from backpropagate_core.training.checkpoints import checkpoint_step, complete_checkpoints
 
+    from backpropagate_core import memory_limit
+
+    limited = memory_limit.coded(err)  # the address-space cap the app puts on its workers
+    if limited is not None:
+        return limited
     text = f"{type(err).__name__}: {err}"
     if is_disk_full(err):
         done = sorted(complete_checkpoints(files.checkpoints), key=checkpoint_step) if files else []

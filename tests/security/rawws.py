@@ -17,15 +17,22 @@ class WebSocket:
         self.buffer = b""
 
     def send_text(self, text: str) -> None:
-        data = text.encode()
-        mask = os.urandom(4)
-        if len(data) < 126:
-            head = struct.pack("!BB", 0x81, 0x80 | len(data))
-        elif len(data) < 1 << 16:
-            head = struct.pack("!BBH", 0x81, 0x80 | 126, len(data))
+        self.send_frame(0x1, text.encode())
+
+    def send_frame(self, opcode: int, data: bytes, fin: bool = True, declared: int | None = None) -> None:
+        """One masked client frame; `declared` claims another payload length than sent."""
+        length = len(data) if declared is None else declared
+        first = (0x80 if fin else 0) | opcode
+        if length < 126:
+            head = struct.pack("!BB", first, 0x80 | length)
+        elif length < 1 << 16:
+            head = struct.pack("!BBH", first, 0x80 | 126, length)
         else:
-            head = struct.pack("!BBQ", 0x81, 0x80 | 127, len(data))
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            head = struct.pack("!BBQ", first, 0x80 | 127, length)
+        mask = os.urandom(4)
+        # XOR as one big integer: byte by byte takes seconds for a multi-megabyte frame.
+        key = (mask * (len(data) // 4 + 1))[: len(data)]
+        masked = (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(len(data), "big")
         self.sock.sendall(head + mask + masked)
 
     def _read(self, n: int) -> bytes:

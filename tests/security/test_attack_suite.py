@@ -5,7 +5,8 @@ credentials, with forged/expired/wrong-key tokens, with wrong Basic credentials,
 foreign origins and hosts; uploads and dataset paths try path traversal (`..`, absolute,
 symlinks, URL-encoded); uploads come oversized and malformed; output-folder settings
 point at system and credential folders. None may succeed, nothing may be written outside
-the sandbox, and the server must stay up. The counts per category are printed at the end.
+the sandbox, and the server must stay up. The counts per category, these and those of
+test_attack_protocol.py (which runs first), are printed at the end.
 
 Requests come from different loopback addresses (127.0.0.11, ...) so each category meets
 the per-client login limit on its own, and the browser test (127.0.0.1) is not limited.
@@ -25,86 +26,17 @@ from pathlib import Path
 import jwt
 import pytest
 
+from tests.security.attack import (BASIC, DATASET, SUCCESSES, TALLY, TRAIN, assert_none_succeeded, hdrs,
+                                   leaked, login_cookie, record, try_http, try_ws, upload_headers, ws_path)
 from tests.security.conftest import JWT_SECRET, PASSWORD, USER
 from tests.security.rawws import ReflexSocket, http, multipart, upgrade
 
 pytestmark = pytest.mark.slow
 
-DATASET = "reflex___state____state.backpropagate_app___pages___dataset____dataset_state"
-TRAIN = "reflex___state____state.backpropagate_app___pages___train___page____train_state"
-UPLOAD_HANDLER = DATASET + ".handle_upload"
 PAGES = ["/", "/dataset", "/train", "/multi-run", "/export", "/runs", "/runs/0123abcd", "/no-such-page",
          "/dataset?path=%2Fetc%2Fpasswd", "/404.html"]
 API_GETS = ["/ping", "/_health", "/_all_routes", "/_upload/x.jsonl", "/_event/?EIO=4&transport=polling",
             "/favicon.ico", "/login/../train"]
-EVIL = [b"root:x:0:", b"TOPSECRET-7f3a"]
-BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-
-TALLY: dict[str, list[int]] = {}
-"""category -> [tried, succeeded]"""
-SUCCESSES: list[str] = []
-
-
-def record(category: str, succeeded: bool, what: str) -> None:
-    tally = TALLY.setdefault(category, [0, 0])
-    tally[0] += 1
-    if succeeded:
-        tally[1] += 1
-        SUCCESSES.append(f"{category}: {what}")
-
-
-def assert_none_succeeded(category: str) -> None:
-    assert TALLY[category][0] > 0
-    assert [s for s in SUCCESSES if s.startswith(category + ":")] == []
-
-
-def refused(status: int, headers: dict) -> bool:
-    """Refused: an error status, or a redirect to the login page."""
-    return status >= 400 or status == 0 or (300 <= status < 400 and headers.get("location", "").startswith("/login"))
-
-
-def leaked(body: bytes) -> bool:
-    return any(marker in body for marker in EVIL)
-
-
-def hdrs(secured, *extra: tuple[str, str], host: str | None = None, origin: str | None = "own"):
-    out = [("Host", host if host is not None else f"127.0.0.1:{secured.port}")]
-    if origin == "own":
-        out.append(("Origin", secured.url))
-    elif origin is not None:
-        out.append(("Origin", origin))
-    return out + list(extra)
-
-
-def upload_headers(secured, *extra, **kwargs):
-    return hdrs(secured, ("Reflex-Client-Token", str(uuid.uuid4())), ("Reflex-Event-Handler", UPLOAD_HANDLER),
-                *extra, **kwargs)
-
-
-def ws_path() -> str:
-    return f"/_event/?token={uuid.uuid4()}&EIO=4&transport=websocket"
-
-
-def login_cookie(secured, source: str) -> str:
-    status, headers, _ = http(secured.port, "POST", "/login",
-                              hdrs(secured, ("Content-Type", "application/x-www-form-urlencoded")),
-                              f"user={USER}&password={PASSWORD}&next=/".encode(), source=source)
-    assert status == 303, (status, headers)
-    return headers["set-cookie"].split(";")[0]
-
-
-def try_http(category, secured, method, target, headers, body=b"", source="127.0.0.1") -> tuple[int, dict, bytes]:
-    status, out, content = http(secured.port, method, target, headers, body, source=source)
-    record(category, not refused(status, out) or leaked(content), f"{method} {target} -> {status}")
-    return status, out, content
-
-
-def try_ws(category, secured, headers, source="127.0.0.1") -> int:
-    status, ws = upgrade(secured.port, ws_path(), dict(headers), source=source)
-    if ws:
-        ws.close()
-    record(category, status == 101, f"websocket upgrade -> {status}")
-    return status
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +264,7 @@ def test_url_path_traversal(secured):
     targets = ["/assets/../../../../../../etc/passwd", "/assets/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
                "/_upload/../../../../../../etc/passwd", "/_upload/%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
                "/..%2f..%2f..%2f..%2fetc/passwd", "//etc/passwd", "/assets/..%5c..%5c..%5cetc%5cpasswd",
-               f"/_upload/..%2f..%2foutside%2fsecret.jsonl", f"/_upload/{secured.outside}/secret.jsonl",
+               "/_upload/..%2f..%2foutside%2fsecret.jsonl", f"/_upload/{secured.outside}/secret.jsonl",
                "/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/_upload/%252e%252e/%252e%252e/etc/passwd",
                "/static/../../../../etc/passwd"]
     for target in targets:

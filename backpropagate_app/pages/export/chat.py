@@ -94,7 +94,7 @@ def feedback_bar(S) -> rx.Component:
                       size="1", aria_label="Bad answer", data_testid="feedback-down"),
             rx.button(rx.icon("pencil"), "Edit", on_click=S.start_edit, variant="soft", size="1",
                       data_testid="feedback-edit"),
-            rated("up", "saved 👍"), rated("down", "saved 👎"), rated("edit", "correction saved"),
+            rated("up", "marked good"), rated("down", "marked wrong"), rated("edit", "correction saved"),
             align="center", spacing="2", wrap="wrap"),
         rx.cond(S.editing, rx.vstack(
             rx.text("Write the answer you wanted; it is kept as the preferred answer, the model's as the "
@@ -121,7 +121,7 @@ def feedback_footer(S) -> rx.Component:
             width="100%", align="center"),
         rx.cond(S.feedback_message != "", rx.text(S.feedback_message, size="1", color_scheme="gray",
                                                   data_testid="feedback-message")),
-        rx.text("Trains a DPO run that starts from this run's adapter: your corrections and 👍 answers are "
-                "preferred over the answers you turned down.", size="1", color_scheme="gray"),
+        rx.text("Trains a DPO run that starts from this run's adapter: your corrections and the answers you "
+                "marked good are preferred over the ones you marked wrong.", size="1", color_scheme="gray"),
         ui.error_callout(S.feedback_error, test_id="feedback-error"),
         width="100%", spacing="1")
