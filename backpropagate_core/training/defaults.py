@@ -84,7 +84,7 @@ def resolve(training: TrainingSettings, lora: LoraSettings, hw: Hardware, *, n_t
     else:
         pick("steps", *_steps(n_train, sum(token_lengths), effective, hw))
     if pairs:
-        pick("learning_rate", *_preference_rate(t.method, lora.r, model_params_b))
+        pick("learning_rate", *_preference_rate(t.method, lora.r, model_params_b, n_train))
         pick("beta", BETA[t.method], BETA_REASON[t.method])
         if t.method == "dpo":
             pick("sft_weight", 1.0, "DPO alone ranked the answers but still gave the rejected style "
@@ -168,16 +168,30 @@ BETA_REASON = {
 }
 
 
+CORRECTIONS = 20
+"""Fewer pairs than this are a handful of corrections (the chat's feedback): each answer
+is to be given as written, so they are taught like facts, with the SFT rate and
+CORRECTION_EPOCHS passes; on bench/feedback_loop.py 4 corrections were given word for
+word after that, and not at all with the settings for larger preference sets."""
+CORRECTION_EPOCHS = 20
+
+
 def _preference_steps(n_pairs: int, effective: int) -> tuple[int, str]:
+    if n_pairs < CORRECTIONS:
+        steps = math.ceil(n_pairs * CORRECTION_EPOCHS / effective)
+        return steps, f"{CORRECTION_EPOCHS} epochs over {n_pairs} pairs: few pairs are corrections to learn word for word"
     steps = max(10, math.ceil(n_pairs * PREFERENCE_EPOCHS / effective))
     return min(steps, 20000), f"{PREFERENCE_EPOCHS} epochs over {n_pairs} pairs at {effective} per step"
 
 
-def _preference_rate(method: str, r: int, params_b: float) -> tuple[float, str]:
+def _preference_rate(method: str, r: int, params_b: float, n_pairs: int) -> tuple[float, str]:
     """A fifth of the SFT rate: the model already answers and only its choice between two
     answers moves; on bench/preference.py 2e-4 changed SmolLM2-135M's style within an
-    epoch, while 5e-4 drove the preference loss to zero in a few steps."""
+    epoch, while 5e-4 drove the preference loss to zero in a few steps. A handful of
+    corrections gets the SFT rate (see CORRECTIONS)."""
     sft, _ = _learning_rate(r, params_b)
+    if n_pairs < CORRECTIONS:
+        return sft, f"the SFT rate for a {params_b:.3g}B-parameter model: {n_pairs} pairs are corrections to learn"
     return sft / 5, f"{method.upper()} rate for LoRA on a {params_b:.3g}B-parameter model at rank {r}"
 
 
