@@ -145,6 +145,7 @@ def plan(model: str, data: str, overrides: dict | None = None) -> Plan:
 def start_run(model: str, data: str, name: str | None, overrides: dict) -> str:
     data = workspace_path(data)
     limits.allow("start")  # each run is a process training on this machine
+    _room_for_worker()
     return worker.start_run(model, data, name=name or None, overrides=overrides, home=settings().home)
 
 
@@ -153,8 +154,17 @@ def start_multi_run(model: str, data: str, name: str | None, fresh: bool, option
     run id. `options` are the campaign settings (`pages.multirun.view.campaign_options`)."""
     data = workspace_path(data)
     limits.allow("start")  # a campaign is a process training on this machine, like a run
+    _room_for_worker()
     return worker.start_multi_run(model, data, name=name or None, fresh=fresh, home=settings().home,
                                   **options)
+
+
+def _room_for_worker() -> None:
+    # Counted from the store, so runs started from the CLI or another tab count too; runs
+    # whose worker died are marked failed first, so they never block a new start.
+    runs = store()
+    runs.reap_dead()
+    limits.room_for_worker(sum(1 for run in runs.list() if run.active))
 
 
 def cancel_run(run_id: str) -> None:
@@ -163,6 +173,7 @@ def cancel_run(run_id: str) -> None:
 
 def resume_run(run_id: str) -> str:
     limits.allow("start")
+    _room_for_worker()
     return worker.resume_run(run_id, home=settings().home)
 
 
@@ -171,6 +182,7 @@ def start_export(run_id: str, fmt: str, quantization: str | None, checkpoint: st
     """Start exporting a training run (its final adapter, or `checkpoint`) in a worker;
     returns the export run's id (a run of kind "export" whose parent is `run_id`)."""
     limits.allow("start")  # an export is a process working this machine hard, like a run
+    _room_for_worker()
     # The Ollama host is the server's setting: the browser never chooses where files are uploaded.
     return worker.start_export(run_id, fmt, quantization, checkpoint=checkpoint, ollama_name=ollama_name,
                                home=settings().home)

@@ -322,6 +322,13 @@ def test_allow_limits_run_starts():
     assert info.value.code == "UI_RATE_LIMITED"
 
 
+def test_the_app_runs_at_most_three_workers_at_once():
+    limits.room_for_worker(limits.MAX_WORKERS - 1)
+    with pytest.raises(BackpropError) as info:
+        limits.room_for_worker(limits.MAX_WORKERS)
+    assert info.value.code == "UI_RATE_LIMITED" and "at most 3" in info.value.message
+
+
 # ---- websockets --------------------------------------------------------------------------------
 
 async def _ws(gate, headers, messages=("hi",), revoke=None):

@@ -55,6 +55,19 @@ def allow(action: str, key: str = "*") -> None:
         raise BackpropError("UI_RATE_LIMITED", f"too many {action} requests; try again in {wait} s")
 
 
+MAX_WORKERS = 3
+"""Engine workers (training runs, campaigns, exports) the UI lets run at once: a run, its
+export and one more. Each works this machine hard; more would only slow them all."""
+
+
+def room_for_worker(active: int) -> None:
+    """For the UI's handlers: raise UI_RATE_LIMITED when `active` workers already run."""
+    if active >= MAX_WORKERS:
+        raise BackpropError("UI_RATE_LIMITED", f"{active} runs or exports are already running; "
+                                               f"the app runs at most {MAX_WORKERS} at once",
+                            hint="Wait for one to finish, or stop one on the Train or Runs page.")
+
+
 def reset() -> None:
     """Forget every count (for tests that start many runs in a row)."""
     for limiter in _action_limits.values():
