@@ -202,14 +202,12 @@ def record_feedback(run_id: str, prompt: str, answer: str, verdict: str, edited:
 
 
 def feedback_status(run_id: str) -> dict:
-    """{"pairs": how many preference pairs the run's feedback makes, "ratings": how many
-    answers were rated, "message": why it is not enough yet ("" when it is)}."""
+    """{"pairs": how many preference pairs the run's feedback makes, "message": why that is
+    not enough yet ("" when it is)}."""
     from backpropagate_core.data import feedback
 
-    run = store().get(run_id)
-    items = feedback.items(run.run_dir)
-    pairs = feedback.pairs(items)
-    return {"pairs": len(pairs), "ratings": len(feedback.latest(items)), "message": feedback.shortfall(pairs) or ""}
+    pairs = feedback.pairs(feedback.items(store().get(run_id).run_dir))
+    return {"pairs": len(pairs), "message": feedback.shortfall(pairs) or ""}
 
 
 def train_on_feedback(run_id: str) -> str:

@@ -32,8 +32,6 @@ class EventCallback(TrainerCallback):
         self.nonfinite: BackpropError | None = None
         """RUNTIME_LOSS_NONFINITE once a logged loss was NaN or infinite; raised after training stops."""
         self.last_loss: float | None = None
-        self.last_eval: dict = {}
-        """Preference metrics of the latest evaluation (reward_accuracy, reward_margin)."""
         self.t0 = self.t_last = time.time()
         self.tokens_last = 0
         self.start_step = 0
@@ -88,7 +86,6 @@ class EventCallback(TrainerCallback):
         loss, step = float(metrics["eval_loss"]), state.global_step
         verdict = None
         pairs = preference.event_metrics(metrics, "eval_")
-        self.last_eval = pairs
         if self.probing is not None and args.should_save:
             verdict = self.probing.judge(step, loss, lambda path, meta: checkpoints.save_adapter(
                 model, self.probing.tokenizer, path, meta), pairs.get("reward_accuracy"))

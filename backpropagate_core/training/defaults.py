@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backpropagate_core.config import LoraSettings, TrainingSettings
+from backpropagate_core.training.preference import PREFERENCE_METHODS
 
 
 @dataclass
@@ -70,7 +71,7 @@ def resolve(training: TrainingSettings, lora: LoraSettings, hw: Hardware, *, n_t
         else:
             why[name] = "set by you"
 
-    pairs = t.method in ("dpo", "orpo")
+    pairs = t.method in PREFERENCE_METHODS
     pick("max_seq_len", *_seq_len(token_lengths, hw, model_max_len))
     # A pair trains on two sequences, its chosen and its rejected answer.
     pick("batch_size", *_batch_size(hw, model_params_b, (t.max_seq_len or 0) * (2 if pairs else 1) or None))

@@ -107,7 +107,9 @@ def prepare(config: RunConfig, log: Log, files: RunDir | None = None, reuse_reso
         log("the tokenizer has no chat template; using the built-in ChatML-style template", "WARNING")
 
     method, method_reason = preference.method_for(config.training.method, loaded.format)
-    t = config.training = config.training.model_copy(update={"method": method})
+    # The caller's config keeps what was asked ("auto"); the defaults see what is trained.
+    config = config.model_copy(update={"training": config.training.model_copy(update={"method": method})})
+    t = config.training
     pairs = (splitter or (lambda ex: [data_mod.split(ex, t.val_fraction, t.seed)]))(loaded.examples)
     max_cap = int(getattr(tokenizer, "model_max_length", 0) or 0)
     max_cap = max_cap if 0 < max_cap < 1_000_000 else 8192

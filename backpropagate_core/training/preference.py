@@ -5,10 +5,11 @@ the same events, checkpoints, resume, stop flag, OOM recovery and GPU guard. Wha
 is here: the rows are answer pairs in TRL's conversational format (TRL applies the chat
 template and masks the prompt), and the trainer is TRL's, with our checkpointing mixed in.
 
-DPO's reference model is the same weights with the LoRA adapter switched off, so there is
-no second copy of the model in memory; a run that starts from an earlier run's adapter
-(`--from`) keeps that adapter, frozen, as a second small adapter named `ref`, which TRL
-switches to for the reference. ORPO needs no reference at all.
+DPO's reference is never a second copy of the model: TRL copies the model's LoRA adapter,
+as it is when the trainer is built, into a frozen second adapter named `ref` and switches
+to it for the reference. For a new run that copy starts at zero, so the reference is the
+base model; for a run that starts from an earlier run's adapter (`--from`) it is that
+adapter. ORPO needs no reference at all.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def method_for(requested: str, data_format: str) -> tuple[str, str]:
         if pairs:
             return "dpo", "the dataset holds chosen/rejected answer pairs"
         return "sft", "the dataset holds answers to learn"
-    if requested in ("dpo", "orpo") and not pairs:
+    if requested in PREFERENCE_METHODS and not pairs:
         raise BackpropError(
             "CONFIG_INVALID", f"--method {requested} needs a preference dataset (prompt, chosen, rejected); "
                               f"this one is in {data_format} format",
