@@ -9,6 +9,8 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 CORE_STAMP := $(VENV)/.installed-core
 EXPORT_LOG := $(TOOLS)/export-build.log
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_SRC := $(TOOLS)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
 # llama.cpp is compiled by llama-cpp-python; portable flags, no vision tools.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF
 export REFLEX_USE_SYSTEM_BUN := 1
@@ -41,12 +43,19 @@ $(STAMP): $(CORE_STAMP)
 	# Go's own text/template (as WebAssembly, from npm): the tests render Ollama TEMPLATEs with it.
 	test -f $(TOOLS)/node_modules/@evertdespiegeleer/go-template/dist/main.wasm || \
 		npm install --silent --prefix $(TOOLS) @evertdespiegeleer/go-template@1.0.2
-	# Real chat templates of many model families, as llama.cpp ships them in the
-	# llama-cpp-python source package (PyPI): the Ollama TEMPLATE tests use them.
-	test -d $(TOOLS)/chat-templates || { rm -rf $(TOOLS)/sdist && \
-		$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(TOOLS)/sdist && \
-		tar xzf $(TOOLS)/sdist/llama_cpp_python-0.3.36.tar.gz -C $(TOOLS)/sdist --wildcards '*/models/templates/*' && \
-		mv $(TOOLS)/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates $(TOOLS)/chat-templates && \
+	# llama.cpp as the llama-cpp-python source package (PyPI) ships it, for two uses: its real
+	# chat templates of many model families (the Ollama TEMPLATE tests use them), and its
+	# HF -> GGUF converter with its own gguf-py and the files that reads (for architectures our
+	# writer does not convert: BACKPROPAGATE_LLAMA_CPP_DIR=.tools/llama.cpp; its tests use it).
+	test -d $(TOOLS)/chat-templates && test -f $(TOOLS)/llama.cpp/convert_hf_to_gguf.py || { \
+		rm -rf $(TOOLS)/sdist && \
+		$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(TOOLS)/sdist && \
+		tar xzf $(TOOLS)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(TOOLS)/sdist --wildcards \
+			'*/vendor/llama.cpp/models/templates/*' '*/vendor/llama.cpp/convert_hf_to_gguf.py' \
+			'*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/LICENSE' \
+			'*/vendor/llama.cpp/models/ggml-vocab-gpt-neox.gguf' '*/vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf' && \
+		{ test -d $(TOOLS)/chat-templates || cp -r $(LLAMA_CPP_SRC)/models/templates $(TOOLS)/chat-templates; } && \
+		{ test -f $(TOOLS)/llama.cpp/convert_hf_to_gguf.py || { rm -rf $(TOOLS)/llama.cpp && mv $(LLAMA_CPP_SRC) $(TOOLS)/llama.cpp; }; } && \
 		rm -rf $(TOOLS)/sdist; }
 	touch $(STAMP)
 

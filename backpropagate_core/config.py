@@ -39,7 +39,8 @@ class TrainingSettings(BaseModel):
     steps: int | None = Field(None, ge=1, description="Optimizer steps; None derives it from epochs and dataset size.")
     epochs: float | None = Field(None, gt=0, description="Passes over the data when steps is None.")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate; None picks one for LoRA rank and model size.")
-    batch_size: int | None = Field(None, ge=1, description="Examples per device step; None fits it to memory.")
+    batch_size: int | None = Field(None, ge=1, description="Examples per micro-batch, exactly; None fills each micro-batch to batch_tokens instead.")
+    batch_tokens: int | None = Field(None, ge=16, description="When batch_size is empty: tokens per micro-batch, examples packed up to it; None picks it from the hardware.")
     grad_accum: int | None = Field(None, ge=1, description="Micro-batches per optimizer step.")
     max_seq_len: int | None = Field(None, ge=16, le=131072, description="Tokens per example; None covers the 99th percentile of the data.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate.")
@@ -106,11 +107,11 @@ class SecuritySettings(BaseModel):
                     "set where a GPU driver is present.")
 
 
-ENV_ONLY = {"security": None, "training": {"trust_remote_code"}}
-"""Settings a `.env` file may not set (None: the whole section): a `.env` lies in whatever
-folder the command runs in, a cloned repository's among them, and could otherwise turn the
-login off, forge session cookies or run a model repo's code. They come from real
-environment variables or flags only."""
+ENV_ONLY = {"security": None, "training": {"trust_remote_code"}, "llama_cpp_dir": None}
+"""Settings a `.env` file may not set (None: the whole section or field): a `.env` lies in
+whatever folder the command runs in, a cloned repository's among them, and could otherwise
+turn the login off, forge session cookies, run a model repo's code or name a converter
+script of its own choosing. They come from real environment variables or flags only."""
 
 
 class Settings(BaseSettings):
@@ -131,6 +132,9 @@ class Settings(BaseSettings):
     gpu: GpuGuardSettings = GpuGuardSettings()
     security: SecuritySettings = SecuritySettings()
     ollama_host: str = Field("http://127.0.0.1:11434", description="Ollama server used for registration.")
+    llama_cpp_dir: Path | None = Field(
+        None, description="A llama.cpp checkout: GGUF export runs its convert_hf_to_gguf.py for architectures "
+                          "our own writer does not convert; None refuses them (EXPORT_ARCH_UNSUPPORTED).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log verbosity.")
     log_json: bool | Literal["auto"] = Field(
         "auto", description="JSON log lines: auto (when stderr is not a terminal), true or false.")
@@ -140,6 +144,12 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value):
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("llama_cpp_dir", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value):
+        # An exported-but-empty variable would otherwise name the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_json", mode="before")
     @classmethod
@@ -153,6 +163,8 @@ class Settings(BaseSettings):
     def _expand(self) -> "Settings":
         self.home = Path(self.home).expanduser()
         self.ui.output_dir = Path(self.ui.output_dir).expanduser()
+        if self.llama_cpp_dir is not None:
+            self.llama_cpp_dir = Path(self.llama_cpp_dir).expanduser()
         return self
 
 
@@ -175,7 +187,7 @@ class _WithoutEnvOnly(PydanticBaseSettingsSource):
             if section not in values:
                 continue
             if keys is None:
-                dropped += [f"{section}.*"]
+                dropped += [f"{section}.*" if isinstance(values[section], dict) else section]
                 values.pop(section)
             elif isinstance(values[section], dict):
                 dropped += [f"{section}.{k}" for k in keys if k in values[section]]

@@ -128,7 +128,13 @@ CATALOG: dict[str, ErrorSpec] = dict(
         _spec("INPUT_HUB_REPO_INVALID", "The hub repository id is not valid.",
               "Use `user/name` (letters, digits, '.', '_' and '-')."),
         _spec("EXPORT_ARCH_UNSUPPORTED", "This model's architecture or tokenizer cannot be converted to GGUF.",
-              "Export the adapter or merged weights instead (--format adapter|merged), or use a Llama, Mistral, SmolLM2 or Qwen2 model."),
+              "Export the adapter or merged weights instead (--format adapter|merged), or use a Llama, Mistral, SmolLM2 or Qwen2 model; "
+              "for another architecture, set BACKPROPAGATE_LLAMA_CPP_DIR to a llama.cpp checkout and its "
+              "convert_hf_to_gguf.py writes the GGUF."),
+        _spec("EXPORT_CONVERTER_FAILED", "llama.cpp's convert_hf_to_gguf.py failed on the merged model.",
+              "The message ends with the converter's last lines. A newer llama.cpp checkout may convert this "
+              "model (git pull in BACKPROPAGATE_LLAMA_CPP_DIR); else export --format merged and convert that "
+              "folder by hand. Nothing was replaced."),
         _spec("EXPORT_VERIFY_FAILED", "The exported model does not behave like the trained model within the allowed bound.",
               "Nothing was replaced; try a higher-precision format (q8_0 or f16) and include the figures in a bug report."),
         _spec("EXPORT_FAILED", "Writing the export failed.",

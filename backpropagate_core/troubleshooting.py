@@ -153,6 +153,10 @@ ENTRIES: dict[str, Entry] = {
     "EXPORT_ARCH_UNSUPPORTED": Entry(
         "GGUF export stops before writing anything.",
         "The model's architecture or its tokenizer has no GGUF mapping here."),
+    "EXPORT_CONVERTER_FAILED": Entry(
+        "GGUF export of a model our writer does not convert stops at the write stage, quoting llama.cpp.",
+        "llama.cpp's converter (BACKPROPAGATE_LLAMA_CPP_DIR) does not know the architecture or the tokenizer "
+        "in this checkout's version, lacks a Python package, or was killed for memory."),
     "EXPORT_VERIFY_FAILED": Entry(
         "An export is written but reported as not matching the trained model.",
         "Quantization changed the outputs more than the allowed bound, or the conversion is wrong for this model."),

@@ -1,7 +1,7 @@
 """Export benchmark: every supported architecture (tiny random models) and the real
 SmolLM2-135M, exported to GGUF at several formats and checked in llama.cpp.
 
-    python bench/export.py [--formats f16,q8_0,q4_k_m] [--no-smollm2] [--json out.json]
+    python bench/export.py [--formats f16,q8_0,q4_k_m] [--no-smollm2] [--archs llama,phi3.5] [--json out.json]
 
 For each (model, format): export time, file size, the largest logit difference against
 its bound, top-1 agreement, KL divergence, the tokenizer check, the Ollama TEMPLATE
@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+TINY_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi3.5", "phi4-mini")
 
 def template_round_trip(folder: Path, tokenizer, go) -> str:
     """"pass" when the Modelfile's TEMPLATE, rendered by Go's text/template as Ollama does,
@@ -67,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", default="f16,q8_0,q4_k_m")
     parser.add_argument("--no-smollm2", action="store_true")
+    parser.add_argument("--archs", default=",".join(TINY_ARCHS), help="tiny models to export (tests/tiny.py)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     os.environ.setdefault("BACKPROPAGATE_HOME", tempfile.mkdtemp(prefix="bench-export-"))
@@ -81,7 +83,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-export-models-"))
     rows = []
-    for arch in ("llama", "qwen2", "qwen3"):
+    for arch in args.archs.split(","):
         base = tiny_base(root, arch)
         adapter = make_adapter(base, root / f"adapter-{arch}")
         rows += bench_one(f"tiny {arch}", str(adapter), formats, AutoTokenizer.from_pretrained(base), go)

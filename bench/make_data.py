@@ -1,6 +1,6 @@
 """Write the three small tasks of the forgetting benchmark as ShareGPT JSONL files.
 
-    python bench/make_data.py          # writes bench/data/{arithmetic,french,capitals}.jsonl
+    python bench/make_data.py          # writes bench/data/{arithmetic,french,capitals,short_chat}.jsonl
 
 The tasks have clearly different content, so training on one and then the next shows
 how much of the first a model keeps: arithmetic answered in words, French→English word
@@ -85,8 +85,26 @@ def capitals(n: int) -> list[dict]:
     return [record(f"What is the capital of {country}?", f"{city}.") for country, city in CAPITALS[:n]]
 
 
+SHORT_CHAT = 800
+PHRASINGS = ("{q}", "Quick question: {q}", "Could you tell me this? {q}")
+
+
+def short_chat(n: int = SHORT_CHAT, seed: int = 0) -> list[dict]:
+    """Many short Q&A pairs (~50 tokens each with a chat template), the data most people
+    fine-tune on: every task's questions in three phrasings, shuffled. For the speed
+    benchmark (`bench/throughput.py --data bench/data/short_chat.jsonl`)."""
+    base = arithmetic(145) + french(len(FRENCH)) + capitals(len(CAPITALS))
+    rows = [record(p.format(q=r["conversations"][0]["value"]), r["conversations"][1]["value"])
+            for r in base for p in PHRASINGS]
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
 def main() -> None:
     DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / "short_chat.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in short_chat()), encoding="utf-8")
+    print(f"{path}: {SHORT_CHAT} examples")
     for name, rows in (("arithmetic", arithmetic(PER_TASK)), ("french", french(PER_TASK)),
                        ("capitals", capitals(PER_TASK))):
         assert len(rows) == PER_TASK, (name, len(rows))

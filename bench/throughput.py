@@ -9,6 +9,9 @@ turn and alternated over rounds so a change in machine load hits all of them ali
   d  backpropagate: `training.trainer.fit`, the path `backprop train` takes
   e  backpropagate with backend="unsloth" (Unsloth builds the model, `fit` trains it):
      what `backend="auto"` would pick on CUDA; run it with --variants abcde
+  t  backpropagate with the batch size left empty, as `backprop train` defaults: micro-batches
+     filled to the hardware's token budget; trained on the same number of examples as the
+     others (steps x batch x accumulation), so fewer, larger steps; --variants adt
 
 Same model, data (already tokenized, loss on assistant replies only), LoRA (rank, alpha,
 target modules), sequence length, batch, accumulation, learning rate, seed and data order.
@@ -45,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 TARGETS = {"all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
            "qv": ["q_proj", "v_proj"]}
 NAMES = {"a": "transformers Trainer + peft (fp32 defaults)", "b": "TRL SFTTrainer (defaults)",
-         "c": "Unsloth recipe", "d": "backpropagate", "e": "backpropagate, Unsloth backend"}
+         "c": "Unsloth recipe", "d": "backpropagate", "e": "backpropagate, Unsloth backend",
+         "t": "backpropagate, token-budget micro-batches"}
 LEVERS = {"packing": "padded batches", "labelled": "loss on every position",
           "fused": "unfused AdamW", "bf16": "fp32, no autocast", "casts": "peft input casts",
           "attention": "sdpa per example (CPU)"}
@@ -75,6 +79,8 @@ class Work:
     """torch threads per process; 0 = torch's default (all cores)."""
     off: str = ""
     """A lever of variant d to turn off (a key of LEVERS)."""
+    t_lr: float = 0.0
+    """Learning rate of variant t; 0 = the same as the others."""
 
 
 # ---- shared by every variant --------------------------------------------------------
@@ -157,10 +163,14 @@ class cpu_timed:
         self.meter.cpu_time += time.process_time() - self.t0
 
 
+EVAL_ROWS = 200
+"""Examples the eval loss is taken over: all of the small datasets, a fixed part of large ones."""
+
+
 def eval_loss(trained, rows: list[dict], work: "Work | None" = None) -> float:
-    """Mean next-token loss over every labelled token of the dataset, one example at a time,
-    with the trained adapter on the original fp32 base model (what a merge or export
-    uses), whatever dtype the variant trained its base weights in."""
+    """Mean next-token loss over every labelled token of the dataset (its first EVAL_ROWS
+    examples), one example at a time, with the trained adapter on the original fp32 base
+    model (what a merge or export uses), whatever dtype the variant trained its base weights in."""
     import torch
     import torch.nn.functional as F
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -174,7 +184,7 @@ def eval_loss(trained, rows: list[dict], work: "Work | None" = None) -> float:
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        for row in rows:
+        for row in rows[:EVAL_ROWS]:
             ids = torch.tensor([row["input_ids"]])
             labels = torch.tensor(row["labels"][1:])
             logits = model(input_ids=ids).logits[0, :-1].float()
@@ -264,7 +274,7 @@ def variant_c(work: Work) -> dict:
     return _result(meter, trainer.state.log_history, model, rows, work)
 
 
-def variant_d(work: Work, backend: str = "transformers") -> dict:
+def variant_d(work: Work, backend: str = "transformers", token_budget: bool = False) -> dict:
     """backpropagate's training path, with the settings `backprop train` would resolve."""
     from backpropagate_core.training import backends
     from backpropagate_core.runs import events as ev
@@ -288,7 +298,21 @@ def variant_d(work: Work, backend: str = "transformers") -> dict:
         work.model, choice, dtype=weight_dtype(precision, hw.device), max_seq_len=work.seq_len,
         lora=LoraSettings(r=work.r, alpha=work.alpha, dropout=0.0, target_modules=TARGETS[work.targets]),
         load_in_4bit=False, gradient_checkpointing=False, trust_remote_code=False, seed=work.seed)
-    t = TrainingSettings(steps=work.steps, batch_size=work.batch, grad_accum=work.accum,
+    steps, batch, tokens = work.steps, work.batch, None
+    if token_budget:
+        from backpropagate_core.training import batching
+
+        lengths = [len(r["input_ids"]) for r in rows]
+        tokens = batching.budget(hw.device, work.seq_len)[0]
+        per = batching.per_group(lengths, tokens, work.seed, hw.device)
+        # The defaults' accumulation: micro-batches until a step averages the examples aimed for.
+        accum = batching.accumulation(per, batching.target_examples(len(rows)))
+        steps, batch = max(1, round(work.steps * work.batch * work.accum / (per * accum))), None
+        work.accum = accum
+        work.lr = work.t_lr or work.lr
+        print(f"token budget {tokens}: {per:.1f} examples per micro-batch x {accum}, {steps} steps, lr {work.lr:g}",
+              flush=True)
+    t = TrainingSettings(steps=steps, batch_size=batch, batch_tokens=tokens, grad_accum=work.accum,
                          learning_rate=work.lr, lr_scheduler="linear", warmup_ratio=0.0, seed=work.seed,
                          max_seq_len=work.seq_len, save_steps=10**6, val_fraction=0.0,
                          precision=precision, gradient_checkpointing=False, report_to="none",
@@ -317,7 +341,7 @@ def _lever_off(lever: str) -> None:
     elif lever == "casts":
         speed.skip_input_casts = lambda model, autocast: []
     elif lever == "attention":
-        def sdpa_per_example(query, key, value, scaling):
+        def sdpa_per_example(query, key, value, scaling, window=None):  # no model here has a window
             import torch.nn.functional as F
 
             return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
@@ -328,6 +352,10 @@ def _lever_off(lever: str) -> None:
 
 def variant_e(work: Work) -> dict:
     return variant_d(work, backend="unsloth")
+
+
+def variant_t(work: Work) -> dict:
+    return variant_d(work, token_budget=True)
 
 
 def _result(meter: Meter, log_history: list[dict], model, rows, work: Work) -> dict:
@@ -409,9 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=Work.model, help="preset or local model folder [smollm2-135m]")
     parser.add_argument("--data", default=Work.data)
     parser.add_argument("--batch", type=int, default=Work.batch, help=f"examples per step [{Work.batch}]")
+    parser.add_argument("--accum", type=int, default=Work.accum, help=f"micro-batches per step [{Work.accum}]")
     parser.add_argument("--seq-len", type=int, default=Work.seq_len, help=f"max tokens per example [{Work.seq_len}]")
     parser.add_argument("--ablate", nargs="?", const=",".join(LEVERS), default="",
                         help=f"also run d with each speed lever off in turn [{','.join(LEVERS)}]")
+    parser.add_argument("--t-lr", type=float, default=0.0, help="learning rate of variant t [the others']")
+    parser.add_argument("--lr", type=float, default=Work.lr, help=f"learning rate [{Work.lr}]")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -432,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (2 if args.quick else 30)
     rounds = args.rounds or (1 if args.quick else 2)
     work = Work(model=args.model, data=args.data, targets=args.targets, steps=steps, threads=args.threads,
-                batch=args.batch, seq_len=args.seq_len)
+                batch=args.batch, accum=args.accum, seq_len=args.seq_len, lr=args.lr, t_lr=args.t_lr)
     print(f"work: {json.dumps(asdict(work))}")
     print(f"LoRA r={work.r} alpha={work.alpha} on {', '.join(TARGETS[work.targets])}; "
           f"batch {work.batch} x accumulation {work.accum}; max length {work.seq_len}", flush=True)
@@ -499,6 +530,11 @@ def report(runs: dict[str, list[dict]], work: Work, peaks: dict, json_path: str 
                       f"{best['d']['tok_cpu_s'] / best[other]['tok_cpu_s']:.2f} (CPU time)")
             else:
                 print(f"d/{other} = unavailable")
+    if "t" in best:
+        for other in ("a", "d"):
+            if other in best:
+                print(f"t/{other} = {best['t']['tok_s'] / best[other]['tok_s']:.2f} (wall); eval loss "
+                      f"{best['t']['eval_loss']:.4f} vs {best[other]['eval_loss']:.4f} after the same examples")
     if "d" in best and "e" in best:
         print(f"e/d = {best['e']['tok_s'] / best['d']['tok_s']:.2f} (wall): Unsloth backend against our own path")
     if json_path:

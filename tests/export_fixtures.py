@@ -48,6 +48,18 @@ def make_run(base: str | Path, name: str = "tiny-run", seed: int = 1, scale: flo
     return store.get(run.id)
 
 
+def trained_run(base: Path, root: Path, steps: int = 2):
+    """`base` LoRA-trained `steps` steps through the Trainer on eight tiny chats; the RunResult."""
+    from backpropagate_core.api import Trainer
+
+    data = root / "chat.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}?"},
+                                                       {"role": "assistant", "content": f"A{i}."}]})
+                              for i in range(8)) + "\n")
+    return Trainer(str(base), precision="fp32", report_to="none").train(
+        data, steps=steps, val_fraction=0.0, save_steps=steps)
+
+
 def tiny_base(root: Path, arch: str, **kwargs) -> Path:
     """A tiny random model wide enough (256) for llama.cpp's k-quants to really apply."""
     return build_model(root / f"base-{arch}", arch=arch, hidden=256, intermediate=512,
@@ -90,4 +102,82 @@ def tiny_mistral_spm(root: Path) -> Path:
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                            bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, sliding_window=None)
     MistralForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+"""Gemma 3's chat template for text (the published one also formats images)."""
+
+
+def tiny_gemma_spm(root: Path, arch: str = "gemma3") -> Path:
+    """A tiny Gemma with Gemma's kind of tokenizer: a sentencepiece BPE (byte fallback, no
+    dummy space prefix, digits split, <bos> added) loaded as transformers' GemmaTokenizer,
+    with the turn markers as control tokens and Gemma 3's chat template."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from tests.tiny import _CORPUS, build_model
+
+    folder = build_model(root / f"base-{arch}-spm", arch=arch, hidden=256, intermediate=512, heads=4, kv_heads=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (folder / name).unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 20), model_writer=buffer, vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>"], add_dummy_prefix=False,
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity", minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(buffer.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
+         "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True,
+         "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = GEMMA3_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    # The model was built for the byte-level tokenizer (526 rows); these ids all fall inside it.
+    config.update(bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def tiny_gemma3_multimodal(root: Path) -> Path:
+    """A tiny Gemma3ForConditionalGeneration (the 4B and larger Gemma 3s): `tiny_base`'s Gemma 3
+    text model inside, with a one-layer SigLIP vision tower and projector beside it."""
+    import shutil
+
+    import torch
+    from transformers import (AutoModelForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration,
+                              Gemma3TextConfig, SiglipVisionConfig)
+
+    text = tiny_base(root, "gemma3")
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=56, patch_size=14)
+    # Image token ids inside the tiny vocabulary, like the real ones inside Gemma's.
+    config = Gemma3Config(text_config=Gemma3TextConfig.from_pretrained(text).to_dict(),
+                          vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                          image_token_index=520, boi_token_index=521, eoi_token_index=522)
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(config)
+    weights = AutoModelForCausalLM.from_pretrained(text).state_dict()
+    model.load_state_dict({k.replace("model.", "model.language_model.", 1): v for k, v in weights.items()},
+                          strict=False)
+    folder = root / "base-gemma3-multimodal"
+    model.save_pretrained(folder)
+    for f in text.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, folder / f.name)
     return folder

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from backpropagate_core.config import load_settings
@@ -21,23 +23,30 @@ def test_dotenv_file_is_read(monkeypatch, tmp_path):
 
 
 def test_a_hostile_dotenv_cannot_touch_security_settings(monkeypatch, tmp_path):
-    """A cloned repository's .env must not turn the login off, pin a known cookie key or
-    run a model repo's code; the same settings from the real environment still work."""
+    """A cloned repository's .env must not turn the login off, pin a known cookie key,
+    run a model repo's code or name a converter script to run; the same settings from the
+    real environment still work."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text(
         "BACKPROPAGATE_SECURITY__REQUIRE_AUTH_FOR_SHARE=false\n"
         "BACKPROPAGATE_SECURITY__JWT_SECRET=" + "k" * 40 + "\n"
         "BACKPROPAGATE_SECURITY__ALLOWED_HOSTS=[\"evil.example\"]\n"
         "BACKPROPAGATE_TRAINING__TRUST_REMOTE_CODE=true\n"
+        "BACKPROPAGATE_LLAMA_CPP_DIR=./evil-llama.cpp\n"
         "BACKPROPAGATE_TRAINING__SEED=7\n")
     s = load_settings()
     assert s.security.require_auth_for_share is True and s.security.jwt_secret is None
     assert s.security.allowed_hosts == [] and s.training.trust_remote_code is False
+    assert s.llama_cpp_dir is None
     assert s.training.seed == 7  # ordinary settings still come from .env
     monkeypatch.setenv("BACKPROPAGATE_SECURITY__REQUIRE_AUTH_FOR_SHARE", "false")
     monkeypatch.setenv("BACKPROPAGATE_TRAINING__TRUST_REMOTE_CODE", "true")
+    monkeypatch.setenv("BACKPROPAGATE_LLAMA_CPP_DIR", "~/llama.cpp")
     s = load_settings()
     assert s.security.require_auth_for_share is False and s.training.trust_remote_code is True
+    assert s.llama_cpp_dir == Path("~/llama.cpp").expanduser()
+    monkeypatch.setenv("BACKPROPAGATE_LLAMA_CPP_DIR", "")  # exported but empty: unset, not "."
+    assert load_settings().llama_cpp_dir is None
 
 
 def test_all_problems_reported_at_once(monkeypatch):

@@ -12,7 +12,8 @@ from backpropagate_core.cli.app import main
 
 @pytest.mark.parametrize("name,billions", [("smollm2-135m", 0.135), ("qwen2.5-0.5b", 0.494),
                                            ("llama-3.2-1b", 1.236), ("llama-3.2-3b", 3.21),
-                                           ("qwen2.5-7b", 7.6), ("mistral-7b", 7.25)])
+                                           ("qwen2.5-7b", 7.6), ("mistral-7b", 7.25),
+                                           ("phi-4-mini", 3.84)])
 def test_preset_shapes_have_the_published_parameter_counts(name, billions):
     assert presets.SHAPES[name].params / 1e9 == pytest.approx(billions, rel=0.02)
 

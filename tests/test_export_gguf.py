@@ -12,7 +12,7 @@ import time
 import pytest
 
 from backpropagate_core.errors import BackpropError
-from tests.export_fixtures import make_adapter, make_run, tiny_base
+from tests.export_fixtures import make_adapter, make_run, tiny_base, trained_run
 
 pytest.importorskip("llama_cpp")
 
@@ -20,7 +20,7 @@ pytest.importorskip("llama_cpp")
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("export-bases")
-    return {arch: tiny_base(root, arch) for arch in ("llama", "qwen2")}
+    return {arch: tiny_base(root, arch) for arch in ("llama", "qwen2", "gemma2", "gemma3")}
 
 
 def _tensor_types(path):
@@ -29,7 +29,7 @@ def _tensor_types(path):
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3"])
 def test_gguf_round_trip_verifies_every_format(bases, arch):
     from backpropagate_core.export import export_model
     from backpropagate_core.runs.store import RunStore
@@ -190,6 +190,8 @@ def test_unsupported_architecture_is_refused_before_writing(tmp_path):
         export_model(folder, format="gguf", output_dir=tmp_path / "out")
     assert err.value.code == "EXPORT_ARCH_UNSUPPORTED"
     assert "LlamaForCausalLM" in err.value.message and "Qwen2ForCausalLM" in err.value.message
+    assert "Phi3ForCausalLM" in err.value.message
+    assert "Gemma3ForCausalLM" in err.value.message
     assert not (tmp_path / "out").exists()
 
 
@@ -211,10 +213,24 @@ def test_options_and_sources_are_validated(tmp_path, bases):
         assert err.value.code == code, (kwargs, err.value)
 
 
+O200K_SPLIT = "|".join([
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n/]*", r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"])
+"""OpenAI's o200k_base split (GPT-4o, Phi-4-mini) as tiktoken defines it."""
+
+
+def _split_then_byte_level(pattern: str) -> dict:
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
 @pytest.mark.parametrize("pre, name", [
     ({"type": "ByteLevel", "use_regex": True}, "gpt-2"),
     ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
                                             {"type": "ByteLevel", "use_regex": True}]}, "smollm"),
+    (_split_then_byte_level(O200K_SPLIT), "gpt-4o"),
 ])
 def test_pre_tokenizer_names(pre, name):
     from backpropagate_core.export.gguf_vocab import pre_tokenizer_name
@@ -222,12 +238,43 @@ def test_pre_tokenizer_names(pre, name):
     assert pre_tokenizer_name({"pre_tokenizer": pre}) == name
 
 
-def test_unknown_pre_tokenizer_is_refused():
+@pytest.mark.parametrize("pre", [
+    {"type": "Whitespace"},
+    # Contractions required rather than optional: a different split, which llama.cpp has no name for.
+    _split_then_byte_level(O200K_SPLIT.replace("'d)?", "'d)")),
+])
+def test_unknown_pre_tokenizer_is_refused(pre):
     from backpropagate_core.export.gguf_vocab import pre_tokenizer_name
 
     with pytest.raises(BackpropError) as err:
-        pre_tokenizer_name({"pre_tokenizer": {"type": "Whitespace"}})
+        pre_tokenizer_name({"pre_tokenizer": pre})
     assert err.value.code == "EXPORT_ARCH_UNSUPPORTED"
+
+
+def test_o200k_tokenizer_exports_as_gpt4o(tmp_path):
+    """A byte-level BPE on o200k_base's split (Phi-4-mini's) is written with llama.cpp's
+    "gpt-4o" pre-tokenizer, and llama.cpp then splits the sample texts into the same ids.
+
+    The tokenizer is trained on those texts too, so merges run through every word they
+    hold and a split in a different place would change the ids.
+    """
+    import gguf
+    from tokenizers import Regex, pre_tokenizers
+
+    from backpropagate_core.export import export_model
+    from backpropagate_core.export.verify import PROMPTS, SAMPLE_TEXTS
+
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT), behavior="isolated"),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    corpus = tuple(SAMPLE_TEXTS) + tuple(m["content"] for messages in PROMPTS for m in messages)
+    base = tiny_base(tmp_path, "llama", tokenizer=dict(vocab_size=1200, pre_tokenizer=pre, corpus=corpus))
+    adapter = make_adapter(base, tmp_path / "adapter")
+    result = export_model(adapter, format="gguf", quantization="f16", output_dir=tmp_path / "out")
+    v = result.verification
+    assert v["passed"] and v["tokenization_match"] and v["chat_tokenization_match"], v["tokenization_mismatches"]
+    assert v["greedy_match"]
+    pre_field = gguf.GGUFReader(result.path).fields["tokenizer.ggml.pre"]
+    assert bytes(pre_field.parts[pre_field.data[0]]).decode() == "gpt-4o"
 
 
 @pytest.mark.slow
@@ -271,7 +318,7 @@ def _mutated_export(bases, arch, monkeypatch, quant="q4_k_m"):
     return err.value.message
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3"])
 def test_a_wrong_rope_base_is_caught_before_quantizing(bases, arch, monkeypatch):
     """Rope errors grow with the position: the long prompt shows one the short ones miss."""
     from backpropagate_core.export import gguf_writer
@@ -332,21 +379,177 @@ def test_no_verify_still_checks_the_tokenizer(bases, monkeypatch):
     assert err.value.code == "EXPORT_VERIFY_FAILED"
 
 
+def _cut_short_gguf(path):
+    """A GGUF whose header is whole and whose tensor data was cut off, as by a full disk."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((64, 256), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    path.write_bytes(path.read_bytes()[:-4096])
+    return path
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("cut short", "token_embd.weight' data is not within the file bounds, model is corrupted or incomplete"),
+    ("not a GGUF", "failed to read header"),
+])
+def test_a_file_llama_cpp_cannot_load_fails_verification_with_its_reason(tmp_path, damage, reason):
+    from backpropagate_core.export import verify
+
+    path = tmp_path / "model-f16.gguf"
+    if damage == "cut short":
+        _cut_short_gguf(path)
+    else:
+        path.write_bytes(b"GGUF\x03\x00\x00\x00 and then nothing a GGUF holds")
+    ref = verify.Reference(["hello"], [[1, 2, 3]], [None])
+    for check in (lambda: verify.verify_gguf(path, ref, None, "f16"),
+                  lambda: verify.verify_tokenization(path, None)):
+        with pytest.raises(BackpropError) as err:
+            check()
+        assert err.value.code == "EXPORT_VERIFY_FAILED"
+        assert "llama.cpp cannot load model-f16.gguf" in err.value.message and reason in err.value.message
+        assert "disk space" in err.value.hint
+
+
 def test_qwen3_round_trip_with_q_k_norms_and_a_wide_head(tmp_path):
     """Qwen3: per-head q/k RMSNorms, head_dim wider than hidden / heads, tied embeddings."""
-    from backpropagate_core.api import Trainer
     from backpropagate_core.export import export_model
 
     base = tiny_base(tmp_path, "qwen3")
-    data = tmp_path / "chat.jsonl"
-    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}?"},
-                                                       {"role": "assistant", "content": f"A{i}."}]})
-                              for i in range(8)) + "\n")
-    run = Trainer(str(base), precision="fp32", report_to="none").train(data, steps=2, val_fraction=0.0,
-                                                                         save_steps=2)
+    run = trained_run(base, tmp_path)
     for quant in ("f16", "q8_0"):
         v = export_model(run.run_id, format="gguf", quantization=quant).verification
         assert v["passed"] and v["tokenization_match"] and v["non_finite_logits"] == 0
     assert v["max_logit_diff"] <= v["bound"]
     names = set(_tensor_types(export_model(run.run_id, format="gguf", quantization="f16").path))
     assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= names
+
+
+# ---- Gemma 2 and Gemma 3 ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch, mutation", [
+    ("gemma2", "norm offset"), ("gemma3", "norm offset"),
+    ("gemma2", "final soft-cap"), ("gemma2", "attention soft-cap"),
+    ("gemma2", "sliding window"), ("gemma3", "sliding window"), ("gemma3", "window pattern"),
+    ("gemma3", "local rope base"), ("gemma3", "linear rope scaling"), ("gemma3", "query scale"),
+])
+def test_gemma_details_are_caught_when_missing(bases, arch, mutation, monkeypatch):
+    """Each Gemma detail the writer handles changes the logits of the tiny models (their
+    caps, window and norms are made to act), so a writer that forgot one fails verification.
+    Measured at f16: max logit differences of 0.46-1.8 against bounds near 0.03."""
+    import gguf
+
+    from backpropagate_core.export import gguf_gemma, gguf_writer
+
+    no_op = lambda self, *args: None  # noqa: E731 - the key is left out of the file
+    if mutation == "norm offset":
+        monkeypatch.setattr(gguf_gemma, "norm_shift", lambda: 0.0)
+    elif mutation == "final soft-cap":
+        monkeypatch.setattr(gguf.GGUFWriter, "add_final_logit_softcapping", no_op)
+    elif mutation == "attention soft-cap":
+        monkeypatch.setattr(gguf.GGUFWriter, "add_attn_logit_softcapping", no_op)
+    elif mutation == "sliding window":
+        monkeypatch.setattr(gguf.GGUFWriter, "add_sliding_window", no_op)
+    elif mutation == "window pattern":
+        monkeypatch.setattr(gguf.GGUFWriter, "add_sliding_window_pattern", no_op)
+    elif mutation == "local rope base":
+        real_local = gguf_gemma.local_rope
+        monkeypatch.setattr(gguf_gemma, "local_rope", lambda c: {**real_local(c), "rope_theta": 1e6})
+    elif mutation == "linear rope scaling":
+        real = gguf_writer._rope
+        monkeypatch.setattr(gguf_writer, "_rope", lambda c: {**real(c), "rope_type": "default"})
+    else:  # the tiny Gemma 3 has query_pre_attn_scalar = hidden / heads, llama.cpp assumes head_dim
+        monkeypatch.setattr(gguf_gemma, "query_scale", lambda arch, config: 1.0)
+    assert "max logit difference" in _mutated_export(bases, arch, monkeypatch, quant="f16")
+
+
+def test_gemma2_query_pre_attn_scalar_is_folded_into_the_queries(tmp_path):
+    """llama.cpp scales Gemma 2 scores by head_dim^-0.5; another query_pre_attn_scalar is
+    carried by q_proj (Gemma 3's, by q_norm: the tiny Gemma 3 above needs it)."""
+    from backpropagate_core.export import export_model
+    from backpropagate_core.export.gguf_gemma import query_scale
+
+    base = tiny_base(tmp_path, "gemma2")
+    config = json.loads((base / "config.json").read_text())
+    config["query_pre_attn_scalar"] = 32
+    (base / "config.json").write_text(json.dumps(config))
+    assert query_scale("gemma2", config) == 2.0  # sqrt(head_dim 128 / 32)
+    result = export_model(make_adapter(base, tmp_path / "adapter"), format="gguf", quantization="f16",
+                          output_dir=tmp_path / "out")
+    assert result.verification["passed"] and result.verification["greedy_match"]
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_trained_gemma_with_a_gemma_tokenizer(tmp_path, arch):
+    """LoRA-trained 2 steps through the pipeline on Gemma's kind of tokenizer (sentencepiece BPE
+    with byte fallback, <bos> added, no space prefix) and Gemma 3's chat template; the GGUF
+    tokenizes plain text and chat prompts as transformers does, and carries Gemma's keys."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from backpropagate_core.export import export_model
+    from tests.export_fixtures import tiny_gemma_spm
+
+    pytest.importorskip("sentencepiece")
+    base = tiny_gemma_spm(tmp_path, arch)
+    run = trained_run(base, tmp_path)
+    for quant in ("f16", "q8_0"):
+        result = export_model(run.run_id, format="gguf", quantization=quant)
+        v = result.verification
+        assert v["passed"] and v["tokenization_match"] and v["chat_tokenization_match"], v
+    fields = gguf.GGUFReader(result.path).fields
+
+    def value(key):
+        return fields[key].contents()
+
+    assert value("tokenizer.ggml.model") == "llama" and value("tokenizer.ggml.add_bos_token")
+    assert not value("tokenizer.ggml.add_space_prefix")
+    assert value(f"{arch}.attention.sliding_window") == 32
+    assert value(f"{arch}.attention.sliding_window_pattern") == [True, False]
+    if arch == "gemma2":
+        assert (value("gemma2.attn_logit_softcapping"), value("gemma2.final_logit_softcapping")) == (4.0, 1.0)
+    else:
+        assert (value("gemma3.rope.freq_base"), value("gemma3.rope.freq_base_swa")) == (1e6, 1e4)
+        assert value("gemma3.rope.scaling.factor") == 8.0
+    # Norms are stored as 1 + w (checked on the f16 file, where 1-D tensors stay f32).
+    f16 = export_model(run.run_id, format="gguf", quantization="f16").path
+    stored = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(f16).tensors}
+    hf = load_file(base / "model.safetensors")["model.layers.0.pre_feedforward_layernorm.weight"].numpy()
+    assert np.allclose(stored["blk.0.ffn_norm.weight"], hf + 1.0)
+
+
+def test_gemma3_multimodal_exports_its_language_model(tmp_path):
+    """Gemma3ForConditionalGeneration (Gemma 3 4B and up): the GGUF is the text model alone."""
+    from backpropagate_core.export import export_model
+    from tests.export_fixtures import tiny_gemma3_multimodal
+
+    adapter = make_adapter(tiny_gemma3_multimodal(tmp_path), tmp_path / "adapter")
+    result = export_model(adapter, format="gguf", quantization="q8_0", output_dir=tmp_path / "out")
+    v = result.verification
+    assert v["passed"] and v["tokenization_match"] and v["top1_agreement"] > 0.9
+    names = set(_tensor_types(result.path))
+    assert "blk.1.attn_q_norm.weight" in names and not any(n.startswith(("v.", "mm.")) for n in names)
+    assert len(names) == 2 + 2 * 13  # embeddings, output norm, 13 tensors per layer
+
+
+def test_gemma_settings_llama_cpp_cannot_run_are_refused_together():
+    from backpropagate_core.export.gguf_writer import gguf_arch
+
+    config = {"architectures": ["Gemma3ForCausalLM"], "hidden_size": 256, "num_attention_heads": 4,
+              "num_hidden_layers": 2, "hidden_activation": "gelu", "attn_logit_softcapping": 50.0,
+              "rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0},
+                                  "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    with pytest.raises(BackpropError) as err:
+        gguf_arch(config)
+    assert err.value.code == "EXPORT_ARCH_UNSUPPORTED"
+    for problem in ("'gelu'", "attention soft-capping", "rope 'yarn' on global layers"):
+        assert problem in err.value.message
+    assert gguf_arch({**config, "hidden_activation": "gelu_pytorch_tanh", "attn_logit_softcapping": None,
+                      "rope_parameters": {**config["rope_parameters"],
+                                          "full_attention": {"rope_type": "linear", "factor": 8.0}}}) == "gemma3"

@@ -72,8 +72,12 @@ def test_packing_needs_the_cache_off():
     assert batch["labels"][0, 4].item() == -100  # no target across the boundary
 
 
-def test_labelled_loss_equals_model_loss_and_its_gradients(tiny_llama):
-    model = _model(tiny_llama).train()
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_labelled_loss_equals_model_loss_and_its_gradients(tiny_llama, tmp_path, arch):
+    """Gemma 3's scaled embedding sits in the decoder, so its head is a plain one too."""
+    from tests.tiny import build_model
+
+    model = _model(tiny_llama if arch == "llama" else build_model(tmp_path / arch, arch=arch)).train()
     rows = _rows([11, 5, 8], seed=2)
     assert speed.plain_lm_head(model)
     batch = Collator(0, pack=True, label_index=True)(rows)
@@ -185,6 +189,26 @@ def test_grouped_causal_attention_matches_sdpa():
     assert torch.allclose(speed.grouped_causal_attention(q, k, v, 8 ** -0.5), expected, atol=1e-5)
 
 
+def test_varlen_attention_keeps_gemma3s_sliding_window(tmp_path):
+    """Gemma 3's local layers see the last 32 tokens (the tiny model's window): a packed row
+    through `varlen_sdpa` computes what each example computes alone, on the matmul path (40
+    tokens) and the sdpa path (200 tokens, past MATMUL_ATTENTION_MAX_LEN) alike."""
+    from tests.tiny import GEMMA_SLIDING_WINDOW, build_model
+
+    model = _model(build_model(tmp_path / "gemma3", arch="gemma3"))
+    rows = _rows([200, 40, 9], seed=5)
+    assert max(len(r["input_ids"]) for r in rows) > speed.MATMUL_ATTENTION_MAX_LEN > 40 > GEMMA_SLIDING_WINDOW
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows])
+        previous = speed.use_varlen_attention(model)
+        assert previous == "sdpa"
+        packed = speed.pack_batch(rows, lengths=True)
+        packed.pop("labels")
+        varlen = model(**packed).logits[0]
+        speed.restore_attention(model, previous)
+    assert torch.allclose(varlen, alone, atol=1e-4), (varlen - alone).abs().max()
+
+
 def test_input_casts_are_skipped_only_under_autocast_and_restored(tiny_llama):
     model = _model(tiny_llama)
     assert speed.skip_input_casts(model, autocast=False) == []
@@ -210,6 +234,19 @@ def test_backend_choice(monkeypatch):
     with pytest.raises(BackpropError) as err:
         backends.choose("unsloth", "cuda")
     assert err.value.code == "DEP_MISSING"
+
+
+def test_unsloth_default_targets_follow_the_models_names():
+    """Unsloth's default list names unfused projections; Phi-3 fuses q/k/v and gate/up."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    from backpropagate_core.model.loader import UNSLOTH_TARGETS, unsloth_targets
+
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
+    assert unsloth_targets(LlamaForCausalLM(LlamaConfig(**shape))) == UNSLOTH_TARGETS
+    assert unsloth_targets(Phi3ForCausalLM(Phi3Config(**shape))) == ["o_proj", "down_proj", "qkv_proj",
+                                                                    "gate_up_proj"]
 
 
 def test_unsloth_backend_trains_with_the_same_events_and_artifacts(tiny_llama, tmp_path):

@@ -115,3 +115,19 @@ def test_memory_line_counts_both_answers_of_a_pair(tiny_llama):
     pairs = f.MemoryFacts(device="cpu", memory_gb=8.0, pairs=True)
     assert f.memory_line(str(tiny_llama), {}, planned, pairs) == \
         f.memory_line(str(tiny_llama), {"batch_size": "8"}, planned, single)
+
+
+def test_a_token_budget_plan_shows_its_budget_and_a_typed_batch_size_overrides_it(tiny_llama):
+    plan = Plan.model_validate({**PLAN.model_dump(), "config": {**PLAN.config.model_dump(), "training": {
+        **PLAN.config.training.model_dump(), "batch_size": None, "batch_tokens": 1024}},
+        "reasons": {"batch_size": "empty: each micro-batch is filled to batch_tokens",
+                    "batch_tokens": "cpu: steps of ~1024 tokens"}})
+    planned = f.plan_values(plan)
+    assert planned["batch_tokens"] == 1024 and "batch_size" not in planned
+    form = {key: f.as_text(v) for key, v in planned.items()}
+    assert form.get("batch_size", "") == "" and f.plan_captions(plan)["batch_tokens"].startswith("cpu: steps")
+    facts = f.MemoryFacts(device="cpu", memory_gb=8.0, label_fraction=0.5, precision="fp32")
+    # The estimate counts the budget as rows of the max length: 1024 tokens of 128 = 8 rows.
+    assert f.memory_line(str(tiny_llama), form | {"max_seq_len": "128"}, planned, facts) == \
+        f.memory_line(str(tiny_llama), {"batch_size": "8"}, {"max_seq_len": 128, "r": 16}, facts)
+    assert f.form_overrides(form | {"batch_size": "6"}, planned) == {"batch_size": 6}

@@ -18,7 +18,8 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: ~3 epochs)."),
     epochs: Optional[float] = typer.Option(None, help="Passes over the data when --steps is not given."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate (default: by model size)."),
-    batch_size: Optional[int] = typer.Option(None, help="Examples per device step (default: fits memory)."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per micro-batch, exactly (default: micro-batches filled to --batch-tokens)."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Tokens per micro-batch when --batch-size is not given (default: by hardware)."),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
     max_seq_len: Optional[int] = typer.Option(None, help="Tokens per example (default: p99 of the data)."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: 16)."),
@@ -39,7 +40,7 @@ def train(
 ) -> None:
     """Fine-tune a model with LoRA on a dataset. Ctrl-C stops after saving a checkpoint."""
     overrides = dict(steps=steps, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                     grad_accum=grad_accum, max_seq_len=max_seq_len, r=lora_r, alpha=lora_alpha,
+                     batch_tokens=batch_tokens, grad_accum=grad_accum, max_seq_len=max_seq_len, r=lora_r, alpha=lora_alpha,
                      precision=precision, load_in_4bit=load_in_4bit or None,
                      skip_bad_lines=skip_bad_lines or None, seed=seed, backend=backend,
                      method=method, beta=beta, sft_weight=sft_weight, from_run=from_run)

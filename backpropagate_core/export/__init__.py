@@ -6,6 +6,7 @@
     register_with_ollama(result.path, "my-model")
 
 Modules: `merged` (sources, merging), `gguf_vocab` + `gguf_writer` (our HF → GGUF writer),
+`llama_cpp_convert` (llama.cpp's converter, for the architectures ours does not know),
 `quantize` (llama.cpp's quantizer), `verify`, `exporter` (the pipeline), `ollama`,
 `hub`, `chat`, `jobs` (an export as a run of its own, kind "export"). Everything
 heavy is imported inside functions.

@@ -67,8 +67,7 @@ def export_model(source: str | Path, format: str = "gguf", quantization: str | N
     src = src_mod.resolve_source(source)
     emit = _Stages(src.run_id or "", on_progress)
     emit("load", 0, 1, "resolving the base model")
-    if fmt == "gguf":
-        _check_gguf_supported(src)
+    llama_cpp = _gguf_converter(src) if fmt == "gguf" else None
     if fmt == "merged" and quant is None:
         quant = src_mod.natural_dtype(src)
     out_root = Path(output_dir).expanduser().resolve() if output_dir else src.default_output_dir()
@@ -77,7 +76,7 @@ def export_model(source: str | Path, format: str = "gguf", quantization: str | N
     shutil.rmtree(partial, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
-        built = _build(src, fmt, quant, partial, verify, emit)
+        built = _build(src, fmt, quant, partial, verify, emit, llama_cpp)
         manifest = {"format": fmt, "quantization": quant, "source": str(src.path),
                     "base_model": src.base, "run_id": src.run_id, "created_at": time.time(),
                     "seconds": round(time.time() - started, 2), "stage_seconds": emit.close(),
@@ -116,15 +115,25 @@ def check_options(format: str, quantization: str | None) -> tuple[str, str | Non
     return fmt, None
 
 
-def _check_gguf_supported(src: src_mod.Source) -> None:
-    """Refuse an unconvertible architecture before loading any weights."""
+def _gguf_converter(src: src_mod.Source) -> Path | None:
+    """None when our own writer converts the model; else the llama.cpp checkout whose
+    converter will (BACKPROPAGATE_LLAMA_CPP_DIR). Refuses before loading any weights."""
     from transformers import AutoConfig
 
+    from backpropagate_core.config import load_settings
+    from backpropagate_core.export import llama_cpp_convert
     from backpropagate_core.model import loader as model_mod
     from backpropagate_core.export.gguf_writer import gguf_arch
 
     where = src.path if src.kind == "merged" else model_mod.materialize(model_mod.resolve_model(src.base))
-    gguf_arch(AutoConfig.from_pretrained(where).to_dict())
+    try:
+        gguf_arch(AutoConfig.from_pretrained(where).to_dict())
+        return None
+    except BackpropError as err:
+        folder = load_settings().llama_cpp_dir
+        if err.code != "EXPORT_ARCH_UNSUPPORTED" or folder is None:
+            raise
+        return llama_cpp_convert.checkout(folder)
 
 
 class _Stages:
@@ -151,7 +160,8 @@ class _Stages:
         return self.seconds
 
 
-def _build(src, fmt: str, quant: str | None, folder: Path, verify: bool, emit) -> dict:
+def _build(src, fmt: str, quant: str | None, folder: Path, verify: bool, emit,
+           llama_cpp: Path | None = None) -> dict:
     """Write the export into `folder`; returns what goes into its manifest."""
     emit("load", 0, 1, f"loading tokenizer{'' if fmt == 'adapter' else ' and model'}")
     tokenizer = src_mod.load_tokenizer(src)
@@ -170,7 +180,7 @@ def _build(src, fmt: str, quant: str | None, folder: Path, verify: bool, emit) -
         src_mod.save_merged(model, tokenizer, folder, quant)
         built: dict = {"verification": {}}
     else:
-        built = _write_gguf(src, model, tokenizer, quant, folder, emit, ref)
+        built = _write_gguf(src, model, tokenizer, quant, folder, emit, ref, llama_cpp)
     # The verifier loads the export next to the reference figures, not next to the model.
     del model
     gc.collect()
@@ -189,34 +199,34 @@ def _build(src, fmt: str, quant: str | None, folder: Path, verify: bool, emit) -
     return built
 
 
-def _write_gguf(src, model, tokenizer, quant: str, folder: Path, emit, ref=None) -> dict:
-    from backpropagate_core.export import ollama
-    from backpropagate_core.export.gguf_vocab import read_vocab
-    from backpropagate_core.export.gguf_writer import write_gguf
+def _write_gguf(src, model, tokenizer, quant: str, folder: Path, emit, ref=None,
+                llama_cpp: Path | None = None) -> dict:
+    """Write the GGUF (our writer, or llama.cpp's converter from `llama_cpp`), check it,
+    quantize it, and add the Modelfile."""
+    from backpropagate_core.export import llama_cpp_convert, ollama
     from backpropagate_core.export.quantize import quantize_gguf
 
     config = src_mod.hf_config(model)
     filename = f"{src.label}-{quant}.gguf"
     direct = quant in WRITTEN_DIRECTLY
     # k-quants start from 16-bit floats, as llama.cpp's own pipeline does.
-    first = folder / (filename if direct else f"intermediate-{_intermediate(config)}.gguf")
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab = read_vocab(tokenizer, int(config["vocab_size"]), Path(tmp))
-    state = model.state_dict()
-    emit("write", 0, len(state), f"writing {first.name}")
-    write_gguf(first, config, state, vocab, quant if direct else _intermediate(config), src.label,
-               on_tensor=lambda i, n: emit("write", i, n, f"writing {first.name}"))
-    del state
+    out_type = quant if direct else _intermediate(config)
+    first = folder / (filename if direct else f"intermediate-{out_type}.gguf")
+    if llama_cpp is None:
+        written = _write_own(src, model, tokenizer, config, first, out_type, emit)
+    else:
+        written = llama_cpp_convert.write(model, tokenizer, config, first, out_type, src.label, llama_cpp,
+                                          on_progress=lambda i, n, message: emit("write", i, n, message))
     intermediate = {}
     if not direct:
         if ref is not None:
             # A writer bug (a wrong permutation, rope base or norm) shows at the 16-bit bound;
             # after quantization the looser bound could hide it.
-            emit("verify", 0, 1, f"checking the {_intermediate(config)} file before quantizing")
+            emit("verify", 0, 1, f"checking the {out_type} file before quantizing")
             intermediate = verify_mod.check(
-                verify_mod.verify_gguf(first, ref, tokenizer, _intermediate(config),
-                                       chat_must_match=vocab.model == "gpt2"),
-                f"gguf {_intermediate(config)} (before quantizing to {quant})")
+                verify_mod.verify_gguf(first, ref, tokenizer, out_type,
+                                       chat_must_match=written["tokenizer_model"] == "gpt2"),
+                f"gguf {out_type} (before quantizing to {quant})")
         emit("quantize", 0, 1, f"quantizing to {quant} with llama.cpp")
         notes = quantize_gguf(first, folder / filename, quant)
         first.unlink()
@@ -224,9 +234,24 @@ def _write_gguf(src, model, tokenizer, quant: str, folder: Path, emit, ref=None)
         notes = {}
     template = ollama.template_from_tokenizer(tokenizer)
     (folder / "Modelfile").write_text(ollama.modelfile(filename, template))
-    return {"file": filename, "architecture": config["architectures"][0],
-            "tokenizer_model": vocab.model, "tokenizer_pre": vocab.pre, "quantize": notes, "ollama": template.to_dict(),
+    return {"file": filename, "architecture": config["architectures"][0], **written,
+            "quantize": notes, "ollama": template.to_dict(),
             "verification": {}, "verification_intermediate": intermediate}
+
+
+def _write_own(src, model, tokenizer, config: dict, path: Path, out_type: str, emit) -> dict:
+    """Our own writer: the vocabulary from the tokenizer, then the tensors one at a time."""
+    from backpropagate_core.export.gguf_vocab import read_vocab
+    from backpropagate_core.export.gguf_writer import gguf_arch, write_gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = read_vocab(tokenizer, int(config["vocab_size"]), Path(tmp))
+    state = model.state_dict()
+    emit("write", 0, len(state), f"writing {path.name}")
+    write_gguf(path, config, state, vocab, out_type, src.label,
+               on_tensor=lambda i, n: emit("write", i, n, f"writing {path.name}"))
+    return {"converter": "backpropagate", "gguf_architecture": gguf_arch(config),
+            "tokenizer_model": vocab.model, "tokenizer_pre": vocab.pre}
 
 
 def _intermediate(config: dict) -> str:

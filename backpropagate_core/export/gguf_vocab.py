@@ -28,10 +28,19 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_SPLIT_NAMES = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}
+# OpenAI's o200k_base (GPT-4o, Phi-4-mini). llama.cpp runs it with "a letter that is not
+# a-z" for the upper-case classes and "not A-Z" for the lower-case ones, so words mixing
+# non-ASCII capitals with ASCII letters ("ÉTAT") can split differently; the tokenizer
+# check after writing catches that on the texts it tries.
+_O200K_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SPLIT_NAMES = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2", _O200K_SPLIT: "gpt-4o"}
 
 KNOWN_PRE_TOKENIZERS = ("gpt-2 (ByteLevel)", "smollm (Digits + ByteLevel)",
-                        "llama-bpe (Llama 3 split)", "qwen2 (Qwen2 split)")
+                        "llama-bpe (Llama 3 split)", "qwen2 (Qwen2 split)", "gpt-4o (o200k_base split)")
 
 # TokenType values in GGUF (gguf.TokenType).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -53,6 +62,8 @@ class GGUFVocab:
     add_eos: bool = False
     add_space_prefix: bool | None = None
     chat_template: str | None = None
+    rstrip: set[int] = field(default_factory=set)
+    """Added tokens that swallow the whitespace after them (tokenizer.json `rstrip`)."""
 
 
 def read_vocab(hf_tokenizer: Any, vocab_size: int, tokenizer_dir: Path) -> GGUFVocab:
@@ -79,11 +90,44 @@ def read_vocab(hf_tokenizer: Any, vocab_size: int, tokenizer_dir: Path) -> GGUFV
                             f"tokenizer type {model.get('type')!r} cannot be written to GGUF; "
                             "supported: byte-level BPE and sentencepiece-style BPE")
     byte_fallback = bool(model.get("byte_fallback"))
+    tokens, types, added = _token_table(spec, vocab_size)
+    n = len(tokens)
+
+    special = gguf.SpecialVocab(tokenizer_dir, load_merges=not byte_fallback, n_vocab=n)
+    ids = hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"]
+    bos, eos = hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id
+    out = GGUFVocab(
+        model="llama" if byte_fallback else "gpt2",
+        pre=None if byte_fallback else pre_tokenizer_name(spec),
+        tokens=tokens, types=types, merges=list(special.merges),
+        special_ids={k: int(v) for k, v in special.special_token_ids.items()},
+        add_bos=bos is not None and len(ids) > 0 and ids[0] == bos,
+        add_eos=eos is not None and len(ids) > 1 and ids[-1] == eos,
+        chat_template=hf_tokenizer.chat_template if isinstance(hf_tokenizer.chat_template, str)
+        else special.chat_template,
+        rstrip=_rstripped(added),
+    )
+    for name in ("bos", "eos", "unk", "pad"):
+        tid = getattr(hf_tokenizer, f"{name}_token_id", None)
+        if tid is not None:
+            out.special_ids[name] = int(tid)
+    if byte_fallback:
+        _sentencepiece_extras(out, tokenizer_dir, spec, hf_tokenizer)
+    elif not out.merges:
+        raise BackpropError("EXPORT_ARCH_UNSUPPORTED", "the BPE tokenizer has no merges")
+    return out
+
+
+def _token_table(spec: dict, vocab_size: int) -> tuple[list[str], list[int], dict[int, dict]]:
+    """Token texts and GGUF types by id, padded to `vocab_size`, from a BPE tokenizer.json;
+    and its added tokens by id."""
+    model = spec["model"]
+    byte_fallback = bool(model.get("byte_fallback"))
     vocab: dict[str, int] = dict(model["vocab"])
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     for tid, tok in added.items():
         vocab.setdefault(tok["content"], tid)
-    n = max(vocab_size, max(vocab.values()) + 1)
+    n = max(vocab_size, max(vocab.values(), default=-1) + 1)
     by_id: dict[int, str] = {tid: text for text, tid in vocab.items()}
     tokens, types = [], []
     for tid in range(n):
@@ -100,29 +144,11 @@ def read_vocab(hf_tokenizer: Any, vocab_size: int, tokenizer_dir: Path) -> GGUFV
         else:
             tokens.append(text)
             types.append(NORMAL)
+    return tokens, types, added
 
-    special = gguf.SpecialVocab(tokenizer_dir, load_merges=not byte_fallback, n_vocab=n)
-    ids = hf_tokenizer("Hello world", add_special_tokens=True)["input_ids"]
-    bos, eos = hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id
-    out = GGUFVocab(
-        model="llama" if byte_fallback else "gpt2",
-        pre=None if byte_fallback else pre_tokenizer_name(spec),
-        tokens=tokens, types=types, merges=list(special.merges),
-        special_ids={k: int(v) for k, v in special.special_token_ids.items()},
-        add_bos=bos is not None and len(ids) > 0 and ids[0] == bos,
-        add_eos=eos is not None and len(ids) > 1 and ids[-1] == eos,
-        chat_template=hf_tokenizer.chat_template if isinstance(hf_tokenizer.chat_template, str)
-        else special.chat_template,
-    )
-    for name in ("bos", "eos", "unk", "pad"):
-        tid = getattr(hf_tokenizer, f"{name}_token_id", None)
-        if tid is not None:
-            out.special_ids[name] = int(tid)
-    if byte_fallback:
-        _sentencepiece_extras(out, tokenizer_dir, spec, hf_tokenizer)
-    elif not out.merges:
-        raise BackpropError("EXPORT_ARCH_UNSUPPORTED", "the BPE tokenizer has no merges")
-    return out
+
+def _rstripped(added: dict[int, dict]) -> set[int]:
+    return {tid for tid, tok in added.items() if tok.get("rstrip")}
 
 
 def pre_tokenizer_name(spec: dict) -> str:
@@ -165,6 +191,50 @@ def _sentencepiece_extras(out: GGUFVocab, tokenizer_dir: Path, spec: dict, hf_to
     pieces = hf_tokenizer.tokenize("Hello")
     out.add_space_prefix = bool(pieces) and pieces[0].startswith("\u2581")
     out.merges = []
+
+
+_PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
+_PHI3_NOT_STRIPPED = ("<unk>", "<s>", "<|endoftext|>")
+
+
+def llama_cpp_name(name: str, vocab: GGUFVocab) -> str:
+    """`general.name` for the file, adjusted to what llama.cpp infers from it.
+
+    llama.cpp reads no strip flags from a GGUF; when the name contains "phi-3" or "phi3" it
+    makes every special token swallow the whitespace after it except <unk>, <s> and
+    <|endoftext|>, as Phi-3's tokenizer does, and fails to load a vocabulary that lacks
+    one of those tokens or </s>. So the name says "phi3" exactly when that rule reproduces
+    this tokenizer, and never otherwise (a run called "phi3-test" on another tokenizer).
+    """
+    if _phi3_strip_rule_holds(vocab):
+        return name if _PHI3_NAME.search(name) else f"{name}-phi3"
+    return _PHI3_NAME.sub("phi_3", name)
+
+
+def converter_name(name: str, tokenizer_dir: Path) -> str:
+    """`llama_cpp_name` for a file llama.cpp's converter writes from the tokenizer saved in
+    `tokenizer_dir`, which never becomes a GGUFVocab of ours.
+
+    The rule needs only the token texts, which tokens are added and which of those strip
+    the whitespace after them: a BPE tokenizer.json holds all three. Without one the rule
+    cannot be shown to hold, so the name only keeps clear of "phi3".
+    """
+    spec_path = Path(tokenizer_dir) / "tokenizer.json"
+    spec = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.is_file() else {}
+    vocab = GGUFVocab(model="", pre=None, tokens=[], types=[])
+    if (spec.get("model") or {}).get("type") == "BPE":
+        vocab.tokens, vocab.types, added = _token_table(spec, 0)
+        vocab.rstrip = _rstripped(added)
+    return llama_cpp_name(name, vocab)
+
+
+def _phi3_strip_rule_holds(vocab: GGUFVocab) -> bool:
+    ids = {text: tid for tid, text in enumerate(vocab.tokens)}
+    if not all(t in ids for t in (*_PHI3_NOT_STRIPPED, "</s>")):
+        return False
+    special = {tid for tid, kind in enumerate(vocab.types) if kind in (CONTROL, USER_DEFINED, UNKNOWN)}
+    stripped = (special | {ids["</s>"]}) - {ids[t] for t in _PHI3_NOT_STRIPPED}
+    return bool(vocab.rstrip) and vocab.rstrip == stripped
 
 
 def add_vocab(writer: Any, vocab: GGUFVocab) -> None:

@@ -11,6 +11,9 @@ Two details decide whether llama.cpp computes the same function as transformers:
   rotate-half convention in llama.cpp too (NEOX rope), so their weights go in unchanged;
   Qwen3's per-head q/k RMSNorms become `attn_q_norm` / `attn_k_norm`.
 - 1-D tensors (norms, biases) stay f32, as llama.cpp expects.
+Gemma 2 and 3 differ in more ways (norm offsets, soft-capping, sliding windows, two rope
+bases); `gguf_gemma` holds those. Phi-3's fused projections, partial rotary and LongRoPE
+factors are in `gguf_phi3`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from backpropagate_core.errors import BackpropError
-from backpropagate_core.export.gguf_vocab import GGUFVocab, add_vocab
+from backpropagate_core.export import gguf_gemma, gguf_phi3
+from backpropagate_core.export.gguf_vocab import GGUFVocab, add_vocab, llama_cpp_name
 
 # transformers class → llama.cpp architecture.
 SUPPORTED_ARCHITECTURES = {
@@ -28,6 +32,10 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # its language model only
+    "Phi3ForCausalLM": gguf_phi3.ARCH,  # Phi-3, Phi-3.5-mini, Phi-4-mini
 }
 WRITE_TYPES = ("f32", "f16", "bf16")
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -43,12 +51,19 @@ class GGUFFile:
 
 def gguf_arch(config: Mapping[str, Any]) -> str:
     """The llama.cpp architecture for a HF config dict; raises if we cannot convert it."""
+    config = gguf_gemma.text_config(config)
     archs = config.get("architectures") or []
     name = archs[0] if archs else config.get("model_type", "?")
     if name not in SUPPORTED_ARCHITECTURES:
         raise BackpropError(
             "EXPORT_ARCH_UNSUPPORTED",
             f"{name} cannot be converted to GGUF; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    if SUPPORTED_ARCHITECTURES[name] in gguf_gemma.ARCHS:
+        gguf_gemma.check(SUPPORTED_ARCHITECTURES[name], config, _rope)
+        return SUPPORTED_ARCHITECTURES[name]
+    if SUPPORTED_ARCHITECTURES[name] == gguf_phi3.ARCH:
+        gguf_phi3.check(config, _rope(config))
+        return gguf_phi3.ARCH
     rope = _rope(config)
     if rope["rope_type"] not in _ROPE_TYPES:
         raise BackpropError(
@@ -66,10 +81,11 @@ def write_gguf(path: Path, config: Mapping[str, Any], tensors: Mapping[str, Any]
 
     if out_type not in WRITE_TYPES:
         raise ValueError(f"out_type must be one of {WRITE_TYPES}")
+    config = gguf_gemma.text_config(config)
     arch = gguf_arch(config)
     plan = list(_plan(arch, config, tensors))
     writer = gguf.GGUFWriter(str(path), arch)
-    _add_hparams(writer, arch, config, out_type, name)
+    _add_hparams(writer, arch, config, out_type, llama_cpp_name(name or "model", vocab))
     add_vocab(writer, vocab)
     for gguf_name, _, shape, kind in plan:
         dtype, nbytes, raw = _stored_type(kind, shape, out_type)
@@ -91,7 +107,8 @@ def _plan(arch: str, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> I
 
     n_layers = int(config["num_hidden_layers"])
     arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
-                 "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
+                 "qwen3": gguf.MODEL_ARCH.QWEN3, "gemma2": gguf.MODEL_ARCH.GEMMA2,
+                 "gemma3": gguf.MODEL_ARCH.GEMMA3, gguf_phi3.ARCH: gguf.MODEL_ARCH.PHI3}[arch]
     names = gguf.get_tensor_name_map(arch_enum, n_layers)
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
@@ -99,7 +116,14 @@ def _plan(arch: str, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> I
     rope_freqs = _llama3_rope_freqs(config) if _rope(config)["rope_type"] == "llama3" else None
     if rope_freqs is not None:
         yield "rope_freqs.weight", (lambda: rope_freqs), tuple(rope_freqs.shape), "f32"
+    if arch == gguf_phi3.ARCH:
+        for name, make in gguf_phi3.rope_factor_tensors(config, _rope(config)):
+            yield name, make, tuple(make().shape), "f32"
     for hf_name, tensor in tensors.items():
+        if arch in gguf_gemma.ARCHS:
+            hf_name = gguf_gemma.tensor_name(hf_name)  # None: not part of the text model
+            if hf_name is None:
+                continue
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
         if hf_name == "lm_head.weight" and tied:
@@ -114,7 +138,15 @@ def _plan(arch: str, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> I
         elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             heads = n_kv
         kind = "f32" if tensor.dim() <= 1 else "weight"
+        if arch in gguf_gemma.ARCHS:
+            yield gguf_name, _gemma_factory(arch, config, hf_name, tensor), tuple(tensor.shape), kind
+            continue
         yield gguf_name, _factory(tensor, heads), tuple(tensor.shape), kind
+
+
+def _gemma_factory(arch: str, config: Mapping[str, Any], name: str, tensor: Any) -> Callable[[], Any]:
+    tensor = tensor.detach()
+    return lambda: gguf_gemma.convert_tensor(arch, config, name, tensor)
 
 
 def _factory(tensor: Any, heads: int | None) -> Callable[[], Any]:
@@ -192,7 +224,9 @@ def _add_hparams(writer: Any, arch: str, config: Mapping[str, Any], out_type: st
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps") or 1e-6))
     writer.add_vocab_size(int(config["vocab_size"]))
     head_dim = _head_dim(config)
-    writer.add_rope_dimension_count(head_dim)
+    # Phi-4-mini rotates only part of each head.
+    phi3 = arch == gguf_phi3.ARCH
+    writer.add_rope_dimension_count(gguf_phi3.rope_dims(config, _rope(config)) if phi3 else head_dim)
     if head_dim != config["hidden_size"] // config["num_attention_heads"]:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -201,6 +235,10 @@ def _add_hparams(writer: Any, arch: str, config: Mapping[str, Any], out_type: st
     if rope["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
+    if arch in gguf_gemma.ARCHS:
+        gguf_gemma.add_hparams(writer, arch, config)
+    if phi3:
+        gguf_phi3.add_hparams(writer, config, rope)
 
 
 def _llama3_rope_freqs(config: Mapping[str, Any]):

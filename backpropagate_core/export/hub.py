@@ -20,7 +20,7 @@ from backpropagate_core.errors import BackpropError
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _PRIVATE_FILE = "backpropagate.json"
 """The adapter's local manifest (names local paths); never uploaded."""
-_TRAINING_KEYS = ("steps", "epochs", "learning_rate", "batch_size", "grad_accum", "max_seq_len",
+_TRAINING_KEYS = ("steps", "epochs", "learning_rate", "batch_size", "batch_tokens", "grad_accum", "max_seq_len",
                   "precision", "seed")
 
 

@@ -152,11 +152,14 @@ def merge_in_place(model: Any):
 
 
 def hf_config(model: Any) -> dict:
-    """The HF config as a dict, with the architecture named (GGUF needs it)."""
+    """The HF config as a dict, with the architecture named (GGUF needs it); a multimodal
+    model's language-model settings (a GGUF holds that part) are at the top level."""
+    from backpropagate_core.export.gguf_gemma import text_config
+
     config = model.config.to_dict()
     if not config.get("architectures"):
         config["architectures"] = [type(model).__name__]
-    return config
+    return text_config(config)
 
 
 def save_merged(model: Any, tokenizer: Any, target: Path, dtype: str) -> Path:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from backpropagate_core.errors import BackpropError
 
@@ -139,24 +139,70 @@ def _log_softmax(x):
 
 def verify_gguf(path: Path, ref: Reference, tokenizer: Any, fmt: str,
                 chat_must_match: bool = True) -> dict:
-    """Load the file in llama.cpp; compare tokenization and logits with the reference."""
+    """Load the file in llama.cpp; compare tokenization and logits with the reference.
+
+    The chat prompts and the long prompt each run in a context sized to them, as a user's
+    would be. That matters for LongRoPE models (Phi-3.5-mini, Phi-4-mini): llama.cpp picks
+    their long or short rope factors by context size, transformers by sequence length, and
+    the two agree when the context is no larger than the sequence needs.
+    """
     from backpropagate_core.export.chat import gguf_greedy, open_gguf
 
-    n_ctx = max(max(len(s) for s in ref.prompt_ids) + len(ref.greedy), len(ref.long_ids)) + 64
-    llama = open_gguf(path, n_ctx=max(256, n_ctx))
+    chat_ctx = max(len(s) for s in ref.prompt_ids) + len(ref.greedy) + 64
+    llama = _load(path, lambda: open_gguf(path, n_ctx=max(256, chat_ctx)))
     try:
-        def logits_of(seq):
-            llama.reset()
-            llama.eval(seq)
-            return llama.scores[: len(seq)].copy()
-
-        result = _compare(ref, logits_of, fmt)
-        result.update(_tokenization(llama, tokenizer, ref, chat_must_match))
+        got = {tuple(seq): _gguf_logits(llama, seq) for seq in ref.prompt_ids}
+        checks = _tokenization(llama, tokenizer, ref, chat_must_match)
         if ref.greedy:
-            result["greedy_match"] = gguf_greedy(llama, ref.prompt_ids[0], len(ref.greedy)) == ref.greedy
+            checks["greedy_match"] = gguf_greedy(llama, ref.prompt_ids[0], len(ref.greedy)) == ref.greedy
     finally:
         llama.close()
-    return result
+    if ref.long_ids:
+        # One context at a time: each holds n_ctx x vocabulary logits.
+        llama = _load(path, lambda: open_gguf(path, n_ctx=max(256, len(ref.long_ids) + 64)))
+        try:
+            got[tuple(ref.long_ids)] = _gguf_logits(llama, ref.long_ids)
+        finally:
+            llama.close()
+    return {**_compare(ref, lambda seq: got[tuple(seq)], fmt), **checks}
+
+
+def _load(path: Path, open_it: Callable[[], Any]) -> Any:
+    """`open_it()`, a llama.cpp load of `path`; EXPORT_VERIFY_FAILED with llama.cpp's reason
+    when the file does not load (llama-cpp-python only says that it failed)."""
+    try:
+        return open_it()
+    except ValueError as err:
+        raise BackpropError(
+            "EXPORT_VERIFY_FAILED", f"llama.cpp cannot load {path.name}: {_load_error(path) or err}",
+            hint="Nothing was replaced. If llama.cpp calls the file incomplete or corrupted, it was cut short "
+                 "while being written: check free disk space and export again. Any other reason means this "
+                 "llama.cpp cannot read what was written; include the message in a bug report.") from None
+
+
+def _load_error(path: Path) -> str:
+    """Why llama.cpp cannot load `path`, from its log of a vocabulary-only load."""
+    import contextlib
+    import io
+
+    from llama_cpp import Llama
+
+    log = io.StringIO()
+    # verbose=True: only then does llama-cpp-python pass llama.cpp's log on to sys.stderr.
+    with contextlib.redirect_stderr(log):
+        try:
+            Llama(model_path=str(path), vocab_only=True, verbose=True).close()
+        except ValueError:
+            pass
+    lines = [line.strip() for line in log.getvalue().splitlines()
+             if ("error" in line or "failed" in line) and "load_from_file_impl" not in line]
+    return " | ".join(lines)
+
+
+def _gguf_logits(llama: Any, seq: list[int]):
+    llama.reset()
+    llama.eval(seq)
+    return llama.scores[: len(seq)].copy()
 
 
 def _tokenization(llama: Any, tokenizer: Any, ref: Reference, chat_must_match: bool) -> dict:
@@ -184,7 +230,7 @@ def verify_tokenization(path: Path, tokenizer: Any) -> dict:
     enough to run even when verification was turned off."""
     from llama_cpp import Llama
 
-    llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llama = _load(path, lambda: Llama(model_path=str(path), vocab_only=True, verbose=False))
     try:
         ref = Reference([], [], [])
         result = _tokenization(llama, tokenizer, ref, chat_must_match=False)

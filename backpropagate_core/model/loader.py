@@ -21,6 +21,8 @@ from backpropagate_core.errors import BackpropError
 
 UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """The projections Unsloth's fast LoRA kernels cover (its decoder architectures all use these names)."""
+_FUSED_TARGETS = ["qkv_proj", "gate_up_proj"]
+"""Phi-3's names for q/k/v and gate/up, each pair or triple fused into one Linear."""
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -194,6 +196,13 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | Non
                         target_modules=targets or "all-linear",
                         bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def unsloth_targets(model) -> list[str]:
+    """UNSLOTH_TARGETS under the names this model uses: a Phi-3 model has no q_proj or
+    gate_proj, so the plain list would leave its attention and gate/up layers without LoRA."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [t for t in UNSLOTH_TARGETS + _FUSED_TARGETS if t in names]
 
 
 def base_model_of(adapter_dir: Path) -> str:

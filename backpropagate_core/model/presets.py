@@ -62,7 +62,7 @@ class Preset:
     hub_id: str
     """Hugging Face repo the weights come from on a networked machine."""
     arch: str
-    """transformers model_type (llama, qwen2, mistral)."""
+    """transformers model_type (llama, qwen2, mistral, qwen3, phi3, gemma3_text, gemma3)."""
     shape: ModelShape
     """Layer sizes from the model's published config."""
     vram_gb: float
@@ -108,6 +108,14 @@ PRESETS: list[Preset] = [
            "Qwen3 4B: strong for its size; 12 GB GPUs, or 8 GB with 4-bit."),
     Preset("qwen3-8b", "Qwen/Qwen3-8B", "qwen3", ModelShape(36, 4096, 12288, 32, 8, 151936, False, 128), 19.5, 10.0,
            "Qwen3 8B; 24 GB GPUs, or 12 GB with 4-bit."),
+    Preset("phi-4-mini", "microsoft/Phi-4-mini-instruct", "phi3", ModelShape(32, 3072, 8192, 24, 8, 200064, True, 128),
+           10.5, 6.0, "Phi-4-mini (128k context, LongRoPE; fused q/k/v and gate/up); 12 GB GPUs, or 8 GB with 4-bit."),
+    Preset("gemma-3-1b", "google/gemma-3-1b-it", "gemma3_text", ModelShape(26, 1152, 6912, 4, 1, 262144, True, 256),
+           3.5, 2.5, "Smallest Gemma 3 (text only, 32k context); 6 GB GPUs, slowly on a CPU."),
+    # The shape is the language model's; the 0.42B vision tower loaded beside it adds ~0.8 GB
+    # in bf16, so the bf16 figure is rounded up past the estimate.
+    Preset("gemma-3-4b", "google/gemma-3-4b-it", "gemma3", ModelShape(34, 2560, 10240, 8, 4, 262208, True, 256),
+           11.0, 6.0, "Gemma 3 4B (text and images; GGUF export holds the text model); 12 GB GPUs, or 8 GB with 4-bit."),
 ]
 
 BY_NAME = {p.name: p for p in PRESETS}

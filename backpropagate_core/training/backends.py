@@ -101,7 +101,7 @@ def _unsloth_model(spec: str, *, dtype, lora, max_seq_len: int, load_in_4bit: bo
         trust_remote_code=trust_remote_code)
     peft_model = FastLanguageModel.get_peft_model(
         model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-        target_modules=lora.target_modules or model_mod.UNSLOTH_TARGETS,
+        target_modules=lora.target_modules or model_mod.unsloth_targets(model),
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False, random_state=seed)
     setattr(peft_model, BACKEND_ATTR, "unsloth")
     return peft_model

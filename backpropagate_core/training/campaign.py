@@ -192,7 +192,7 @@ class Campaign:
     def measure(self, i: int, adapter: dict) -> list:
         """Validation loss of `adapter` on chunks 1..i (None for later chunks)."""
         load_adapter(self.model, adapter)
-        losses = [validation_loss(self.model, c.val, self.tokenizer.pad_token_id, self.t.batch_size)
+        losses = [validation_loss(self.model, c.val, self.tokenizer.pad_token_id, self.t.batch_size or 8)
                   for c in self.chunks[:i]]
         return losses + [None] * (self.settings.num_runs - i)
 

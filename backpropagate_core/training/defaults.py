@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backpropagate_core.config import LoraSettings, TrainingSettings
+from backpropagate_core.training import batching
 from backpropagate_core.training.preference import PREFERENCE_METHODS
 
 
@@ -73,10 +74,19 @@ def resolve(training: TrainingSettings, lora: LoraSettings, hw: Hardware, *, n_t
 
     pairs = t.method in PREFERENCE_METHODS
     pick("max_seq_len", *_seq_len(token_lengths, hw, model_max_len))
-    # A pair trains on two sequences, its chosen and its rejected answer.
-    pick("batch_size", *_batch_size(hw, model_params_b, (t.max_seq_len or 0) * (2 if pairs else 1) or None))
-    pick("grad_accum", *_grad_accum(t.batch_size, n_train))
-    effective = t.batch_size * t.grad_accum
+    if t.batch_size is None and t.packing and not pairs:
+        # Packed rows cost what their tokens cost: fill each micro-batch to a token budget.
+        why["batch_size"] = "empty: each micro-batch is filled to batch_tokens"
+        lengths = [min(n, t.max_seq_len) for n in token_lengths]
+        pick("batch_tokens", *_batch_tokens(hw, model_params_b, t.max_seq_len))
+        per = batching.per_group(lengths, t.batch_tokens, t.seed, hw.device)
+        pick("grad_accum", *_grad_accum_tokens(per, n_train, hw.device))
+        effective = round(per * t.grad_accum, 1)
+    else:
+        # A pair trains on two sequences, its chosen and its rejected answer.
+        pick("batch_size", *_batch_size(hw, model_params_b, (t.max_seq_len or 0) * (2 if pairs else 1) or None))
+        pick("grad_accum", *_grad_accum(t.batch_size, n_train))
+        effective = t.batch_size * t.grad_accum
     if t.steps is None and t.epochs is not None:
         pick("steps", max(1, math.ceil(n_train * t.epochs / effective)),
              f"{t.epochs:g} epochs over {n_train} examples at {effective} per step")
@@ -124,9 +134,23 @@ def _batch_size(hw: Hardware, params_b: float, seq_len: int | None) -> tuple[int
 
 
 def _grad_accum(batch: int, n_train: int) -> tuple[int, str]:
-    target = 8 if n_train >= 200 else 4
-    accum = max(1, target // batch)
+    accum = max(1, batching.target_examples(n_train) // batch)
     return accum, f"reaches an effective batch of {batch * accum} examples per optimizer step"
+
+
+def _batch_tokens(hw: Hardware, params_b: float, seq_len: int) -> tuple[int, str]:
+    fits = None
+    if hw.device == "cuda":
+        from backpropagate_core.training.estimate import largest_batch
+
+        fits = largest_batch(params_b, seq_len, hw.memory_gb)
+    return batching.budget(hw.device, seq_len, fits)
+
+
+def _grad_accum_tokens(per_group: float, n_train: int, device: str) -> tuple[int, str]:
+    accum = batching.accumulation(per_group, batching.target_examples(n_train))
+    return accum, (f"~{per_group:.1f} examples fill a micro-batch (at most {batching.example_cap(n_train, device)}); "
+                   f"an optimizer step averages ~{per_group * accum:.0f} examples")
 
 
 EPOCHS = ((100, 10), (500, 5), (2000, 3), (10000, 2))

@@ -28,7 +28,8 @@ PACKED_LENGTHS = "packed_lengths"
 """Collated key: the lengths of the examples in a packed row, as ints (read by `varlen_sdpa`)."""
 
 # Architectures whose logits are exactly lm_head(hidden): no soft-capping, scaling or bias.
-_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3", "granite"})
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3", "granite",
+                               "gemma2", "gemma3_text"})
 _SCALED_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -72,14 +73,41 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     if lengths is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    # Sliding-window layers (Gemma 3's local ones) see only the last `window` tokens.
+    window = kwargs.get("sliding_window")
     split = zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     # split (not slicing): its backward is one concatenation, not a zero-filled copy per example
     matmuls = query.device.type == "cpu" and not (dropout and module.training)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    parts = [grouped_causal_attention(q, k, v, scale) if matmuls and q.shape[2] <= MATMUL_ATTENTION_MAX_LEN
-             else sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+    parts = [grouped_causal_attention(q, k, v, scale, window) if matmuls and q.shape[2] <= MATMUL_ATTENTION_MAX_LEN
+             else _sdpa_causal(module, q, k, v, dropout, scaling, window)
              for q, k, v in split]
     return torch.cat(parts, dim=1), None
+
+
+def _sdpa_causal(module, query, key, value, dropout: float, scaling, window: int | None):
+    """One example's causal attention through sdpa; a mask only where a window cuts in."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    n = query.shape[2]
+    if not window or n <= window:
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
+                                      is_causal=True)[0]
+    visible = ~hidden_positions(n, window, query.device)
+    return sdpa_attention_forward(module, query, key, value, visible[None, None], dropout=dropout,
+                                  scaling=scaling, is_causal=False)[0]
+
+
+def hidden_positions(n: int, window: int | None, device=None):
+    """(n, n) booleans, True where query i may not look at key j: the future, and with a
+    sliding window every key `window` or more positions back (transformers' convention)."""
+    import torch
+
+    i = torch.arange(n, device=device)
+    hidden = i[None, :] > i[:, None]
+    if window:
+        hidden |= i[None, :] <= i[:, None] - window
+    return hidden
 
 
 MATMUL_ATTENTION_MAX_LEN = 192
@@ -87,7 +115,7 @@ MATMUL_ATTENTION_MAX_LEN = 192
 per head for backward, and sdpa's flash kernel caught up with them at 256 tokens."""
 
 
-def grouped_causal_attention(query, key, value, scaling: float):
+def grouped_causal_attention(query, key, value, scaling: float, window: int | None = None):
     """Causal attention of one example as plain matmuls: (1, H, L, D) queries against
     (1, KV, L, D) keys and values, returned as (1, L, H, D) like transformers' sdpa.
 
@@ -101,8 +129,8 @@ def grouped_causal_attention(query, key, value, scaling: float):
     groups = heads // key.shape[1]
     q = query.reshape(b, key.shape[1], groups * n, d)
     scores = torch.matmul(q, key.transpose(-1, -2)) * scaling
-    future = torch.ones(n, n, dtype=torch.bool, device=query.device).triu(1)
-    scores = scores.view(b, key.shape[1], groups, n, n).masked_fill(future, float("-inf"))
+    hidden = hidden_positions(n, window, query.device)
+    scores = scores.view(b, key.shape[1], groups, n, n).masked_fill(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     out = torch.matmul(probs.view(b, key.shape[1], groups * n, n), value)
     return out.view(b, heads, n, d).transpose(1, 2)

@@ -69,9 +69,11 @@ class Collator:
         """Also send the labelled positions, computed here on the CPU (see `speed.labelled_loss`)."""
         self.trained = 0
 
-    def __call__(self, batch: list[dict]) -> dict:
+    def __call__(self, batch: list) -> dict:
         from backpropagate_core.training import speed
 
+        if batch and isinstance(batch[0], list):  # whole micro-batches (`batching.Groups`)
+            batch = [row for group in batch for row in group]
         out = speed.pack_batch(batch, self.lengths) if self.pack else self._pad(batch)
         if self.label_index:
             out[speed.LABEL_INDEX] = speed.label_index(out["labels"])
@@ -241,9 +243,9 @@ def _train_with_oom_recovery(model, tokenizer, train_rows, val_rows, t: Training
                              collator: Collator, callback, labelled: bool, probing=None):
     from backpropagate_core.training import oom
 
-    batch, accum, resume = t.batch_size, t.grad_accum, resume_from
+    size, accum, resume = MicroBatch(t.batch_size, t.batch_tokens), t.grad_accum, resume_from
     for attempt in range(oom.MAX_RETRIES + 1):
-        trainer = _build_trainer(model, tokenizer, train_rows, val_rows, t, batch, accum, run_id=run_id,
+        trainer = _build_trainer(model, tokenizer, train_rows, val_rows, t, size, accum, run_id=run_id,
                                  output_dir=output_dir, collator=collator, callback=callback,
                                  labelled=labelled)
         trainer.probing = probing
@@ -253,15 +255,46 @@ def _train_with_oom_recovery(model, tokenizer, train_rows, val_rows, t: Training
         except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled; the rest re-raise
             if not (oom.is_oom(err) and t.oom_recovery and oom.single_process()):
                 raise
-            if attempt == oom.MAX_RETRIES or batch == 1:
-                raise oom.exhausted(err, batch, attempt) from err
+            if attempt == oom.MAX_RETRIES or size.smallest:
+                raise oom.exhausted(err, size.examples or size.tokens, attempt) from err
         # Out here the failed step's traceback, and the activations its frames held, are gone.
         resume = oom.rescue(trainer, output_dir) or resume
-        batch, accum = batch // 2, accum * 2
+        size, accum = size.halved(), accum * 2
         sink(ev.LogLine(run_id, level="WARNING", message=(
-            f"out of memory at step {trainer.state.global_step}; retrying with batch {batch} x "
+            f"out of memory at step {trainer.state.global_step}; retrying with {size} x "
             f"accumulation {accum} (same effective batch), attempt {attempt + 1} of {oom.MAX_RETRIES}")))
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """What one device step holds: `examples` exactly, or (examples None) rows grouped up to
+    `tokens` tokens (`batching`)."""
+
+    examples: int | None
+    tokens: int | None
+
+    @property
+    def smallest(self) -> bool:
+        return self.examples == 1 or (self.examples is None and self.budget <= MIN_TOKENS)
+
+    @property
+    def budget(self) -> int:
+        from backpropagate_core.training import batching
+
+        return self.tokens or batching.CPU_TOKENS
+
+    def halved(self) -> "MicroBatch":
+        if self.examples is not None:
+            return MicroBatch(self.examples // 2, None)
+        return MicroBatch(None, max(MIN_TOKENS, self.budget // 2))
+
+    def __str__(self) -> str:
+        return f"batch {self.examples}" if self.examples is not None else f"micro-batches of {self.budget} tokens"
+
+
+MIN_TOKENS = 64
+"""Smallest token budget an out-of-memory retry halves to."""
 
 
 def _on_cuda() -> bool:
@@ -277,7 +310,7 @@ def _liger() -> bool:
     return speed.liger_available("cuda" if _on_cuda() else "cpu")
 
 
-def _build_trainer(model, tokenizer, train_rows, val_rows, t: TrainingSettings, batch: int, accum: int, *,
+def _build_trainer(model, tokenizer, train_rows, val_rows, t: TrainingSettings, size: MicroBatch, accum: int, *,
                    run_id: str, output_dir: Path, collator, callback, labelled: bool):
     import torch
     from transformers import TrainingArguments
@@ -289,8 +322,8 @@ def _build_trainer(model, tokenizer, train_rows, val_rows, t: TrainingSettings, 
     evaluate = bool(val_rows)
     report_to, tracker_callbacks = trackers.setup(t.report_to, output_dir.parent)
     common = dict(
-        output_dir=str(output_dir), max_steps=t.steps, per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch, gradient_accumulation_steps=accum,
+        output_dir=str(output_dir), max_steps=t.steps, per_device_train_batch_size=size.examples or 1,
+        per_device_eval_batch_size=size.examples or 1, gradient_accumulation_steps=accum,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay, logging_steps=t.logging_steps, save_strategy="steps",
         save_steps=t.save_steps, save_total_limit=t.save_total_limit,
@@ -313,13 +346,25 @@ def _build_trainer(model, tokenizer, train_rows, val_rows, t: TrainingSettings, 
                                            [callback, *tracker_callbacks], checkpointing_mixin())
     else:
         trainer = _trainer_class()(
-            model=model, args=TrainingArguments(**common), train_dataset=_ListDataset(train_rows),
-            eval_dataset=_ListDataset(val_rows) if evaluate else None,
+            model=model, args=TrainingArguments(**common), train_dataset=_dataset(train_rows, size, t.seed, collator),
+            eval_dataset=_dataset(val_rows, size, t.seed, collator) if evaluate else None,
             data_collator=collator, callbacks=[callback, *tracker_callbacks])
         trainer.labelled_loss = labelled
     trainer.run_id = run_id
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def _dataset(rows: list[dict], size: MicroBatch, seed: int, collator):
+    """The rows one by one for a fixed batch, else whole micro-batches filled to the budget."""
+    if size.examples is not None:
+        return _ListDataset(rows)
+    from backpropagate_core.training import batching
+
+    lengths = [len(row["input_ids"]) for row in rows]
+    groups = batching.token_groups(lengths, size.budget, seed, device="cuda" if _on_cuda() else "cpu",
+                                   padded=not getattr(collator, "pack", False))
+    return batching.Groups(rows, groups)
 
 
 def _checkpointing_arg(enabled: bool) -> dict:

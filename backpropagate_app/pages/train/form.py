@@ -19,6 +19,7 @@ FORM_FIELDS: list[tuple[str, str, type]] = [
     ("steps", "Steps", int),
     ("learning_rate", "Learning rate", float),
     ("batch_size", "Batch size", int),
+    ("batch_tokens", "Tokens per micro-batch", int),
     ("grad_accum", "Gradient accumulation", int),
     ("max_seq_len", "Max sequence length", int),
     ("r", "LoRA rank", int),
@@ -171,6 +172,9 @@ def memory_line(model: str, form: dict[str, str], planned: dict[str, float], fac
         return int(number) if number and number > 0 else None
 
     seq, batch, r = chosen("max_seq_len"), chosen("batch_size"), chosen("r")
+    if batch is None and seq and chosen("batch_tokens"):
+        # A packed micro-batch of N tokens holds activations like N / seq rows of seq tokens.
+        batch = -(-chosen("batch_tokens") // seq)
     if not (model and seq and batch and r and facts.device):
         return ""
     batch *= 2 if facts.pairs else 1
