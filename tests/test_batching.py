@@ -79,6 +79,8 @@ def test_empty_batch_size_fills_micro_batches_to_a_token_budget():
 
     facts = resolve([56] * 27).training  # bench/quality.py's facts: steps as with a batch of 4
     assert t.batch_size is None and facts.grad_accum == 1 and facts.steps == 70
+    # Long rows: ~3 fit in 1,024 tokens, so two micro-batches make a step of at least 4.
+    assert resolve([300] * 35).training.grad_accum == 2
 
 
 def test_a_given_batch_size_is_exact_and_pairs_keep_example_batches():

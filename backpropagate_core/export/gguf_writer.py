@@ -38,7 +38,7 @@ SUPPORTED_ARCHITECTURES = {
     "Phi3ForCausalLM": gguf_phi3.ARCH,  # Phi-3, Phi-3.5-mini, Phi-4-mini
 }
 WRITE_TYPES = ("f32", "f16", "bf16")
-_ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 @dataclass
@@ -70,6 +70,10 @@ def gguf_arch(config: Mapping[str, Any]) -> str:
             "EXPORT_ARCH_UNSUPPORTED",
             f"rope scaling {rope['rope_type']!r} is not supported for GGUF export; "
             f"supported: {', '.join(_ROPE_TYPES)}")
+    if rope["rope_type"] == "yarn" and (problems := _yarn_problems(rope)):
+        raise BackpropError("EXPORT_ARCH_UNSUPPORTED",
+                            "llama.cpp cannot run this YaRN rope scaling as transformers does: "
+                            + "; ".join(problems))
     return SUPPORTED_ARCHITECTURES[name]
 
 
@@ -235,6 +239,8 @@ def _add_hparams(writer: Any, arch: str, config: Mapping[str, Any], out_type: st
     if rope["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
+    if rope["rope_type"] == "yarn":
+        _add_yarn(writer, config, rope)
     if arch in gguf_gemma.ARCHS:
         gguf_gemma.add_hparams(writer, arch, config)
     if phi3:
@@ -260,3 +266,46 @@ def _llama3_rope_freqs(config: Mapping[str, Any]):
     # Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
     scaled = (1 - smooth) * base / factor + smooth * base
     return (base / scaled).to(torch.float32)
+
+
+def _yarn_problems(rope: Mapping[str, Any]) -> list[str]:
+    """YaRN settings that llama.cpp's llama, qwen2 and qwen3 cannot follow: they read no
+    beta keys (always 32 and 1) and always round the correction range outward."""
+    problems = []
+    # transformers treats a missing or zero beta as its default, as here.
+    if (rope.get("beta_fast") or 32) != 32:
+        problems.append(f"beta_fast {rope['beta_fast']} (llama.cpp always uses 32)")
+    if (rope.get("beta_slow") or 1) != 1:
+        problems.append(f"beta_slow {rope['beta_slow']} (llama.cpp always uses 1)")
+    if not rope.get("truncate", True):
+        problems.append("truncate false (llama.cpp always truncates the correction range)")
+    return problems
+
+
+def _add_yarn(writer: Any, config: Mapping[str, Any], rope: Mapping[str, Any]) -> None:
+    """YaRN's metadata, computed as transformers' `_compute_yarn_parameters` does.
+
+    llama.cpp scales cos/sin by 0.1 ln(factor) + 1 by itself; transformers by its
+    `attention_factor` (given, or from mscale / mscale_all_dim). The ratio of the two goes
+    into `rope.scaling.attn_factor`, the one attention key these architectures read.
+    """
+    import math
+
+    import gguf
+
+    # A top-level original_max_position_embeddings wins over the rope one, as in transformers.
+    original = int(config.get("original_max_position_embeddings")
+                   or rope.get("original_max_position_embeddings") or config["max_position_embeddings"])
+    factor = float(rope.get("factor") or config["max_position_embeddings"] / original)
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    wanted = rope.get("attention_factor")
+    if wanted is None and rope.get("mscale") and rope.get("mscale_all_dim"):
+        wanted = mscale(factor, rope["mscale"]) / mscale(factor, rope["mscale_all_dim"])
+    writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    writer.add_rope_scaling_factor(factor)
+    writer.add_rope_scaling_orig_ctx_len(original)
+    if wanted is not None:
+        writer.add_rope_scaling_attn_factors(float(wanted) / mscale(factor))

@@ -24,6 +24,7 @@ least `STEPS_PER_EPOCH` steps.
 
 from __future__ import annotations
 
+import math
 import random
 
 MAX_EXAMPLES = 32
@@ -104,9 +105,10 @@ def per_group(lengths: list[int], tokens: int, seed: int, device: str = "cpu") -
 
 
 def accumulation(examples_per_group: float, target: int) -> int:
-    """Micro-batches per optimizer step so a step averages about `target` examples or more
-    (a last, partly filled group per pass does not add a micro-batch to every step)."""
-    return max(1, round(target / max(1.0, examples_per_group)))
+    """Micro-batches per optimizer step so a step averages at least about `target` examples
+    (10% short is close enough: the one partly filled group of a pass lowers the average of
+    otherwise full groups, and should not add a micro-batch to every step)."""
+    return max(1, math.ceil(0.9 * target / max(1.0, examples_per_group)))
 
 
 class Groups:

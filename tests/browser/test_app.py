@@ -95,6 +95,12 @@ def test_memory_estimate_follows_the_form(page, server):
     expect(note).to_contain_text("Memory: about", timeout=120_000)
     expect(note).to_contain_text("of RAM")
     expect(note).not_to_contain_text("may not fit")
+    # Left empty, the batch is micro-batches filled to the plan's token budget.
+    expect(page.get_by_test_id("field-batch_tokens")).to_have_value("1024")
+    expect(page.get_by_test_id("reason-batch_tokens")).to_contain_text("tokens")
+    expect(page.get_by_test_id("field-batch_size")).to_have_value("")
+    expect(page.get_by_test_id("reason-batch_size")).to_contain_text("filled to batch_tokens")
+    screenshot(page, "train-token-budget")
     page.get_by_test_id("field-batch_size").fill("100000")
     page.get_by_test_id("field-max_seq_len").fill("8192")
     expect(note).to_contain_text("may not fit")
