@@ -195,6 +195,14 @@ def derive_template(render: Callable[..., str], bos: str | None, eos: str | None
     gen = prompt[len(one):] if prompt.startswith(one) else ""
     assistant_prefix, assistant_suffix = turn[len(one):].split(m["assistant"])
     user_prefix = two[len(turn):].split(m["user2"])[0]
+    if not two.startswith(turn):
+        # The chat's last assistant turn is written differently from an earlier one (Qwen3
+        # gives only the last an empty think block). Ollama's .Messages are earlier turns
+        # (the generation prompt follows them), so take the turn as `two` writes it.
+        assistant_prefix, rest = two.split(m["user"], 1)[1][len(user_suffix):].split(m["assistant"])
+        between = rest.split(m["user2"])[0]
+        if between.startswith(assistant_suffix):
+            user_prefix = between[len(assistant_suffix):]
     if head.endswith(user_prefix):
         head = head[: len(head) - len(user_prefix)]
     if bos and user_prefix.startswith(bos):
