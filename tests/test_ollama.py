@@ -232,7 +232,8 @@ FAMILIES = {
     "meta-llama-Llama-3.2-3B-Instruct.jinja": ("<|begin_of_text|>", "<|eot_id|>", True),
     "mistralai-Mistral-Nemo-Instruct-2407.jinja": ("<s>", "</s>", True),
     "google-gemma-2-2b-it.jinja": ("<bos>", "<end_of_turn>", True),
-    "microsoft-Phi-3.5-mini-instruct.jinja": ("<s>", "<|endoftext|>", True),
+    # Phi-3's published tokenizer_config.json says add_bos_token false: no BOS before a chat.
+    "microsoft-Phi-3.5-mini-instruct.jinja": ("<s>", "<|endoftext|>", False),
 }
 
 
