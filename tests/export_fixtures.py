@@ -48,6 +48,29 @@ def make_run(base: str | Path, name: str = "tiny-run", seed: int = 1, scale: flo
     return store.get(run.id)
 
 
+def tensor_types(path) -> dict[str, str]:
+    """Tensor name → stored type of a GGUF file."""
+    import gguf
+
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+
+
+def failed_export(base: Path, quant: str = "q4_k_m") -> str:
+    """Export a fresh run on `base` expecting EXPORT_VERIFY_FAILED and no export left behind;
+    the error message."""
+    import pytest
+
+    from backpropagate_core.errors import BackpropError
+    from backpropagate_core.export import export_model
+
+    run = make_run(base)
+    with pytest.raises(BackpropError) as err:
+        export_model(run.id, format="gguf", quantization=quant)
+    assert err.value.code == "EXPORT_VERIFY_FAILED"
+    assert not (run.run_dir / "exports" / f"gguf-{quant}").exists()
+    return err.value.message
+
+
 def trained_run(base: Path, root: Path, steps: int = 2):
     """`base` LoRA-trained `steps` steps through the Trainer on eight tiny chats; the RunResult."""
     from backpropagate_core.api import Trainer

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from backpropagate_core.errors import BackpropError
-from tests.export_fixtures import make_adapter, make_run, tiny_base, trained_run
+from tests.export_fixtures import failed_export, make_adapter, make_run, tensor_types, tiny_base, trained_run
 
 pytest.importorskip("llama_cpp")
 
@@ -22,12 +22,6 @@ pytest.importorskip("llama_cpp")
 def bases(tmp_path_factory):
     root = tmp_path_factory.mktemp("export-bases")
     return {arch: tiny_base(root, arch) for arch in ("llama", "qwen2", "gemma2", "gemma3")}
-
-
-def _tensor_types(path):
-    import gguf
-
-    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3"])
@@ -52,7 +46,7 @@ def test_gguf_round_trip_verifies_every_format(bases, arch):
     assert results["f16"].verification["greedy_match"]
     assert results["f16"].verification["max_logit_diff"] < 0.01
     assert results["q4_k_m"].size_bytes < results["q8_0"].size_bytes < results["f16"].size_bytes
-    types = set(_tensor_types(results["q4_k_m"].path).values())
+    types = set(tensor_types(results["q4_k_m"].path).values())
     assert "Q4_K" in types, types
     # Checked at the 16-bit bound before quantizing, then at the quantized bound.
     assert results["q4_k_m"].folder.joinpath("export.json").is_file()
@@ -153,11 +147,11 @@ def test_llama3_rope_scaling_and_bf16_round_trip(tmp_path):
     adapter = make_adapter(base, tmp_path / "adapter")
     result = export_model(adapter, format="gguf", quantization="f16", output_dir=tmp_path / "out")
     assert result.verification["passed"] and result.verification["greedy_match"]
-    assert "rope_freqs.weight" in _tensor_types(result.path)
+    assert "rope_freqs.weight" in tensor_types(result.path)
     # bf16 is written directly too (numpy has no bfloat16: raw 16-bit patterns).
     bf16 = export_model(adapter, format="gguf", quantization="bf16", output_dir=tmp_path / "out")
     assert bf16.verification["passed"]
-    assert "BF16" in _tensor_types(bf16.path).values()
+    assert "BF16" in tensor_types(bf16.path).values()
 
 
 def _yarn_adapter(tmp_path, arch, **rope):
@@ -382,17 +376,6 @@ def _smollm2_available() -> bool:
 
 # ---- verification that catches writer bugs ----------------------------------------------------
 
-def _mutated_export(bases, arch, monkeypatch, quant="q4_k_m"):
-    from backpropagate_core.export import export_model
-
-    run = make_run(bases[arch])
-    with pytest.raises(BackpropError) as err:
-        export_model(run.id, format="gguf", quantization=quant)
-    assert err.value.code == "EXPORT_VERIFY_FAILED"
-    assert not (run.run_dir / "exports" / f"gguf-{quant}").exists()
-    return err.value.message
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3"])
 def test_a_wrong_rope_base_is_caught_before_quantizing(bases, arch, monkeypatch):
     """Rope errors grow with the position: the long prompt shows one the short ones miss."""
@@ -400,7 +383,7 @@ def test_a_wrong_rope_base_is_caught_before_quantizing(bases, arch, monkeypatch)
 
     real = gguf_writer._rope
     monkeypatch.setattr(gguf_writer, "_rope", lambda config: {**real(config), "rope_theta": 500.0})
-    message = _mutated_export(bases, arch, monkeypatch)
+    message = failed_export(bases[arch])
     assert "before quantizing to q4_k_m" in message  # the f16 file was checked at the f16 bound
 
 
@@ -408,7 +391,7 @@ def test_a_missing_permutation_is_caught_at_the_16_bit_bound_even_for_q4(bases, 
     from backpropagate_core.export import gguf_writer
 
     monkeypatch.setattr(gguf_writer, "interleave_rope_halves", lambda w, n_heads: w)
-    assert "before quantizing" in _mutated_export(bases, "llama", monkeypatch)
+    assert "before quantizing" in failed_export(bases["llama"])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -423,7 +406,7 @@ def test_a_wrong_bos_is_caught(bases, arch, monkeypatch):
         return vocab
 
     monkeypatch.setattr(gguf_vocab, "read_vocab", flipped)
-    assert "tokenizes" in _mutated_export(bases, arch, monkeypatch, quant="f16")
+    assert "tokenizes" in failed_export(bases[arch], quant="f16")
 
 
 def test_non_finite_logits_fail(bases, monkeypatch):
@@ -437,7 +420,7 @@ def test_non_finite_logits_fail(bases, monkeypatch):
         return real(ref, lambda seq: np.where(np.arange(len(seq))[:, None] == 0, np.nan, logits_of(seq)), fmt)
 
     monkeypatch.setattr(verify, "_compare", poisoned)
-    assert "NaN or infinite" in _mutated_export(bases, "qwen2", monkeypatch, quant="f16")
+    assert "NaN or infinite" in failed_export(bases["qwen2"], quant="f16")
 
 
 def test_no_verify_still_checks_the_tokenizer(bases, monkeypatch):
@@ -501,130 +484,5 @@ def test_qwen3_round_trip_with_q_k_norms_and_a_wide_head(tmp_path):
         v = export_model(run.run_id, format="gguf", quantization=quant).verification
         assert v["passed"] and v["tokenization_match"] and v["non_finite_logits"] == 0
     assert v["max_logit_diff"] <= v["bound"]
-    names = set(_tensor_types(export_model(run.run_id, format="gguf", quantization="f16").path))
+    names = set(tensor_types(export_model(run.run_id, format="gguf", quantization="f16").path))
     assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= names
-
-
-# ---- Gemma 2 and Gemma 3 ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("arch, mutation", [
-    ("gemma2", "norm offset"), ("gemma3", "norm offset"),
-    ("gemma2", "final soft-cap"), ("gemma2", "attention soft-cap"),
-    ("gemma2", "sliding window"), ("gemma3", "sliding window"), ("gemma3", "window pattern"),
-    ("gemma3", "local rope base"), ("gemma3", "linear rope scaling"), ("gemma3", "query scale"),
-])
-def test_gemma_details_are_caught_when_missing(bases, arch, mutation, monkeypatch):
-    """Each Gemma detail the writer handles changes the logits of the tiny models (their
-    caps, window and norms are made to act), so a writer that forgot one fails verification.
-    Measured at f16: max logit differences of 0.46-1.8 against bounds near 0.03."""
-    import gguf
-
-    from backpropagate_core.export import gguf_gemma, gguf_writer
-
-    no_op = lambda self, *args: None  # noqa: E731 - the key is left out of the file
-    if mutation == "norm offset":
-        monkeypatch.setattr(gguf_gemma, "norm_shift", lambda: 0.0)
-    elif mutation == "final soft-cap":
-        monkeypatch.setattr(gguf.GGUFWriter, "add_final_logit_softcapping", no_op)
-    elif mutation == "attention soft-cap":
-        monkeypatch.setattr(gguf.GGUFWriter, "add_attn_logit_softcapping", no_op)
-    elif mutation == "sliding window":
-        monkeypatch.setattr(gguf.GGUFWriter, "add_sliding_window", no_op)
-    elif mutation == "window pattern":
-        monkeypatch.setattr(gguf.GGUFWriter, "add_sliding_window_pattern", no_op)
-    elif mutation == "local rope base":
-        real_local = gguf_gemma.local_rope
-        monkeypatch.setattr(gguf_gemma, "local_rope", lambda c: {**real_local(c), "rope_theta": 1e6})
-    elif mutation == "linear rope scaling":
-        real = gguf_writer._rope
-        monkeypatch.setattr(gguf_writer, "_rope", lambda c: {**real(c), "rope_type": "default"})
-    else:  # the tiny Gemma 3 has query_pre_attn_scalar = hidden / heads, llama.cpp assumes head_dim
-        monkeypatch.setattr(gguf_gemma, "query_scale", lambda arch, config: 1.0)
-    assert "max logit difference" in _mutated_export(bases, arch, monkeypatch, quant="f16")
-
-
-def test_gemma2_query_pre_attn_scalar_is_folded_into_the_queries(tmp_path):
-    """llama.cpp scales Gemma 2 scores by head_dim^-0.5; another query_pre_attn_scalar is
-    carried by q_proj (Gemma 3's, by q_norm: the tiny Gemma 3 above needs it)."""
-    from backpropagate_core.export import export_model
-    from backpropagate_core.export.gguf_gemma import query_scale
-
-    base = tiny_base(tmp_path, "gemma2")
-    config = json.loads((base / "config.json").read_text())
-    config["query_pre_attn_scalar"] = 32
-    (base / "config.json").write_text(json.dumps(config))
-    assert query_scale("gemma2", config) == 2.0  # sqrt(head_dim 128 / 32)
-    result = export_model(make_adapter(base, tmp_path / "adapter"), format="gguf", quantization="f16",
-                          output_dir=tmp_path / "out")
-    assert result.verification["passed"] and result.verification["greedy_match"]
-
-
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
-def test_trained_gemma_with_a_gemma_tokenizer(tmp_path, arch):
-    """LoRA-trained 2 steps through the pipeline on Gemma's kind of tokenizer (sentencepiece BPE
-    with byte fallback, <bos> added, no space prefix) and Gemma 3's chat template; the GGUF
-    tokenizes plain text and chat prompts as transformers does, and carries Gemma's keys."""
-    import gguf
-    import numpy as np
-    from safetensors.torch import load_file
-
-    from backpropagate_core.export import export_model
-    from tests.export_fixtures import tiny_gemma_spm
-
-    pytest.importorskip("sentencepiece")
-    base = tiny_gemma_spm(tmp_path, arch)
-    run = trained_run(base, tmp_path)
-    for quant in ("f16", "q8_0"):
-        result = export_model(run.run_id, format="gguf", quantization=quant)
-        v = result.verification
-        assert v["passed"] and v["tokenization_match"] and v["chat_tokenization_match"], v
-    fields = gguf.GGUFReader(result.path).fields
-
-    def value(key):
-        return fields[key].contents()
-
-    assert value("tokenizer.ggml.model") == "llama" and value("tokenizer.ggml.add_bos_token")
-    assert not value("tokenizer.ggml.add_space_prefix")
-    assert value(f"{arch}.attention.sliding_window") == 32
-    assert value(f"{arch}.attention.sliding_window_pattern") == [True, False]
-    if arch == "gemma2":
-        assert (value("gemma2.attn_logit_softcapping"), value("gemma2.final_logit_softcapping")) == (4.0, 1.0)
-    else:
-        assert (value("gemma3.rope.freq_base"), value("gemma3.rope.freq_base_swa")) == (1e6, 1e4)
-        assert value("gemma3.rope.scaling.factor") == 8.0
-    # Norms are stored as 1 + w (checked on the f16 file, where 1-D tensors stay f32).
-    f16 = export_model(run.run_id, format="gguf", quantization="f16").path
-    stored = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(f16).tensors}
-    hf = load_file(base / "model.safetensors")["model.layers.0.pre_feedforward_layernorm.weight"].numpy()
-    assert np.allclose(stored["blk.0.ffn_norm.weight"], hf + 1.0)
-
-
-def test_gemma3_multimodal_exports_its_language_model(tmp_path):
-    """Gemma3ForConditionalGeneration (Gemma 3 4B and up): the GGUF is the text model alone."""
-    from backpropagate_core.export import export_model
-    from tests.export_fixtures import tiny_gemma3_multimodal
-
-    adapter = make_adapter(tiny_gemma3_multimodal(tmp_path), tmp_path / "adapter")
-    result = export_model(adapter, format="gguf", quantization="q8_0", output_dir=tmp_path / "out")
-    v = result.verification
-    assert v["passed"] and v["tokenization_match"] and v["top1_agreement"] > 0.9
-    names = set(_tensor_types(result.path))
-    assert "blk.1.attn_q_norm.weight" in names and not any(n.startswith(("v.", "mm.")) for n in names)
-    assert len(names) == 2 + 2 * 13  # embeddings, output norm, 13 tensors per layer
-
-
-def test_gemma_settings_llama_cpp_cannot_run_are_refused_together():
-    from backpropagate_core.export.gguf_writer import gguf_arch
-
-    config = {"architectures": ["Gemma3ForCausalLM"], "hidden_size": 256, "num_attention_heads": 4,
-              "num_hidden_layers": 2, "hidden_activation": "gelu", "attn_logit_softcapping": 50.0,
-              "rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0},
-                                  "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
-    with pytest.raises(BackpropError) as err:
-        gguf_arch(config)
-    assert err.value.code == "EXPORT_ARCH_UNSUPPORTED"
-    for problem in ("'gelu'", "attention soft-capping", "rope 'yarn' on global layers"):
-        assert problem in err.value.message
-    assert gguf_arch({**config, "hidden_activation": "gelu_pytorch_tanh", "attn_logit_softcapping": None,
-                      "rope_parameters": {**config["rope_parameters"],
-                                          "full_attention": {"rope_type": "linear", "factor": 8.0}}}) == "gemma3"
