@@ -29,10 +29,23 @@ CUSTOM_MODEL = "custom"
 """Model picker value meaning "use the text typed in the custom model box"."""
 
 _stores: dict[Path, RunStore] = {}
+_settings: tuple[tuple, Settings] | None = None
 
 
 def settings() -> Settings:
-    return load_settings()
+    """The settings, parsed again only when what they come from changed: the
+    `BACKPROPAGATE_*` environment or the `.env` file. Open pages ask several times a
+    second, and a parse costs milliseconds of the CPU that training is using."""
+    global _settings
+    try:
+        env_file = Path(".env").stat()
+        dotenv = (env_file.st_mtime_ns, env_file.st_size)
+    except OSError:
+        dotenv = None
+    key = (os.getcwd(), dotenv, tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("BACKPROPAGATE_"))))
+    if _settings is None or _settings[0] != key:
+        _settings = (key, load_settings())
+    return _settings[1]
 
 
 def store() -> RunStore:

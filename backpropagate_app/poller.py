@@ -20,9 +20,11 @@ from backpropagate_app.tasks import attempt
 from backpropagate_core.errors import BackpropError
 
 POLL_S = 0.3
-"""How often an open page reads the store; a step event shows within about this long."""
-REFRESH_S = 1.0
-"""Unchanged runs still refresh this often, so elapsed time keeps ticking."""
+"""How often an open page looks at the store (a stat call; it is read only after a write); a
+step event shows within about this long."""
+REFRESH_S = 5.0
+"""An unchanged run is still read this often, so elapsed time moves on between slow steps.
+Every refresh re-renders the panel in the browser, which shares the CPU with the training."""
 MIN_PUBLISH_S = 0.5
 """Fastest a panel re-renders: every update costs the browser, which on a small machine
 shares the CPU with the training it shows. Latency stays well under a second."""
@@ -62,13 +64,26 @@ class Poller:
         self.shown: dict | None = None
         self.pending = False  # events folded into the tail that no published view has shown
         self.refreshed = time.monotonic()
+        self.stamp: tuple | None = None  # the store's stamp at the last read
 
     def _read(self, current: Any) -> dict:
         """The view to show after one poll (blocking: runs in a thread)."""
+        # What to show depends only on the store and the page's pick: while neither changed,
+        # a poll is one stat call.
+        store = facade.store()
+        before = (store.stamp(), current)
+        if (before == self.stamp and self.shown is not None and not self.pending
+                and time.monotonic() - self.refreshed <= REFRESH_S):
+            return self.shown
+        self.stamp = None
         wanted = self.choose(current)
         if self.tail is None or self.tail.run_id != wanted:
             self.tail, self.shown = self.new_tail(wanted), None
         run, fresh = read_run(wanted, self.tail) if wanted else (None, False)
+        # Closing the last connection may checkpoint the log and so change the stamp; a
+        # changed stamp might also be a write made during this read, so it is read again.
+        after = (store.stamp(), current)
+        self.stamp = after if after == before else None
         self.pending = self.pending or fresh
         if run is None:
             return self.empty | {"run_id": wanted}

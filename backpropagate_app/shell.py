@@ -64,9 +64,14 @@ class ShellState(rx.State):
     async def watch(self):
         """Poll the store; the page's load chain cancels this task on navigation or disconnect."""
         shown: dict | None = None
-        reaped = 0.0
+        reaped, stamp = 0.0, None
         while True:
             reap = time.monotonic() - reaped > REAP_EVERY_S
+            now_stamp, _ = await attempt(lambda: facade.store().stamp())
+            if not reap and shown is not None and now_stamp is not None and now_stamp == stamp:
+                await asyncio.sleep(HEADER_POLL_S)  # nothing written since the last read
+                continue
+            stamp = now_stamp
             info, error = await attempt(read_header, reap)
             if error:
                 info = {"id": "", "label": f"run store unreadable: {error['message']}", "status": "failed"}

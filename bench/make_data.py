@@ -1,6 +1,6 @@
 """Write the three small tasks of the forgetting benchmark as ShareGPT JSONL files.
 
-    python bench/make_data.py          # writes bench/data/{arithmetic,french,capitals,short_chat}.jsonl
+    python bench/make_data.py          # writes bench/data/{arithmetic,french,capitals,short_chat,long_chat}.jsonl
 
 The tasks have clearly different content, so training on one and then the next shows
 how much of the first a model keeps: arithmetic answered in words, French→English word
@@ -100,11 +100,28 @@ def short_chat(n: int = SHORT_CHAT, seed: int = 0) -> list[dict]:
     return rows[:n]
 
 
+LONG_CHAT = 200
+
+
+def long_chat(n: int = LONG_CHAT, seed: int = 1) -> list[dict]:
+    """Longer conversations (~300-450 tokens each with a chat template): 10 to 14 of the
+    short Q&A pairs asked in one conversation, every answer trained on. The long shape of
+    the speed benchmark (`--data bench/data/long_chat.jsonl --seq-len 512`)."""
+    pairs = [r["conversations"] for r in short_chat(seed=seed)]
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        turns = [turn for pair in rng.sample(pairs, rng.randint(10, 14)) for turn in pair]
+        rows.append({"conversations": turns})
+    return rows
+
+
 def main() -> None:
     DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / "short_chat.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in short_chat()), encoding="utf-8")
-    print(f"{path}: {SHORT_CHAT} examples")
+    for name, rows in (("short_chat", short_chat()), ("long_chat", long_chat())):
+        path = DATA / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        print(f"{path}: {len(rows)} examples")
     for name, rows in (("arithmetic", arithmetic(PER_TASK)), ("french", french(PER_TASK)),
                        ("capitals", capitals(PER_TASK))):
         assert len(rows) == PER_TASK, (name, len(rows))

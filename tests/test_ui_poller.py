@@ -109,3 +109,37 @@ def test_attempt_turns_every_failure_into_a_coded_error():
                                                  "hint": "Pick a preset."})
     result, error = run_async(attempt(lambda: 1 / 0))
     assert result is None and error["code"] == "RUNTIME_UNEXPECTED" and "ZeroDivisionError" in error["message"]
+
+
+def test_the_store_is_read_only_after_a_write(isolated_home, fast, monkeypatch):
+    """An open page must not cost the training it shows: between writes the poller only
+    stats the store, and a new step still shows on the next poll."""
+    store = RunStore(isolated_home)
+    run_id = record_run(store, "r", 2)
+    reads, read_run = [], poller.read_run
+    monkeypatch.setattr(poller, "read_run", lambda rid, tail: reads.append(rid) or read_run(rid, tail))
+    state = PageState()
+    follower = Poller(lambda current: run_id)
+
+    run_async(follow_for(0.5, follower, state))
+    # ~50 polls; the first read's own checkpoint changes the stamp, so one more read.
+    assert len(reads) <= 2 and state.step == 2
+
+    def write(_):
+        store.record(ev.LogLine(run_id, level="INFO", message="a line written later"))
+
+    reads.clear()
+    run_async(follow_for(0.3, follower, state, then=write))
+    assert 1 <= len(reads) <= 2 and "a line written later" in state.log[0]["text"]
+
+
+def test_the_stamp_changes_with_every_write(isolated_home):
+    store = RunStore(isolated_home)
+    run_id = record_run(store, "r", 1)
+    stamps = {store.stamp()}
+    for i in range(20):
+        store.record(ev.LogLine(run_id, level="INFO", message=f"line {i}"))
+        stamps.add(store.stamp())
+        assert store.stamp() == store.stamp()
+    assert len(stamps) == 21
+

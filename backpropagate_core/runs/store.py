@@ -94,6 +94,19 @@ class RunStore:
         with self._conn() as conn:
             schema.create(conn)
 
+    def stamp(self) -> tuple:
+        """Changes whenever anything is written: the size and modification time of the
+        database and its write-ahead log. A stat call, so a page can poll it many times a
+        second and query the store only after a write."""
+        out = []
+        for path in (self.db_path, self.db_path.with_name(self.db_path.name + "-wal")):
+            try:
+                info = path.stat()
+                out.append((info.st_mtime_ns, info.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
