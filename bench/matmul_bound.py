@@ -65,7 +65,7 @@ def main() -> int:
     total = 0.0
     for name, m, k, n, times in products(config, args.tokens, args.labelled, args.rank):
         x, w = torch.randn(m, k), torch.randn(k, n)
-        seconds = _seconds(lambda: x @ w, args.repeat)
+        seconds = _seconds(lambda x=x, w=w: x @ w, args.repeat)
         total += seconds * times
         if "LoRA" not in name:
             print(f"{name:26s} [{m} x {k}] @ [{k} x {n}]: {2 * m * k * n / seconds / 1e9:6.1f} GFLOP/s")
