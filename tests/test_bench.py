@@ -49,3 +49,23 @@ def test_step_profile_splits_the_time(tiny_llama):
     proc = _bench("bench/profile_step.py", "--model", str(tiny_llama), "--steps", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "matrix products" in proc.stdout and "s per step" in proc.stdout and "aten::" in proc.stdout
+
+
+def test_matmul_bound_prints_a_ceiling_for_the_models_shapes(tiny_llama):
+    proc = _bench("bench/matmul_bound.py", "--model", str(tiny_llama), "--tokens", "64", "--labelled", "32",
+                  "--repeat", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((Path(tiny_llama) / "config.json").read_text())
+    assert f"[64 x {config['hidden_size']}] @ [{config['hidden_size']} x {config['intermediate_size']}]" in proc.stdout
+    assert "ceiling" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_long_chat_rows_are_many_turns_and_deterministic():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import make_data
+
+    rows = make_data.long_chat(20)
+    assert rows == make_data.long_chat(20)
+    for row in rows:
+        roles = [turn["from"] for turn in row["conversations"]]
+        assert 20 <= len(roles) <= 28 and roles[::2] == ["human"] * (len(roles) // 2)
