@@ -1,6 +1,5 @@
 """Micro-batches filled to a token budget when the batch size is left empty; `--batch-size` stays exact."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ from backpropagate_core.config import LoraSettings, TrainingSettings
 from backpropagate_core.runs import events as ev
 from backpropagate_core.training import batching, defaults
 from backpropagate_core.training.trainer import MicroBatch
+from tests.tiny import qa_jsonl
 
 CPU = defaults.Hardware("cpu", "test cpu", 16.0, False)
 
@@ -102,11 +102,7 @@ def test_out_of_memory_halves_the_token_budget():
 
 @pytest.fixture
 def short_rows(tmp_path) -> Path:
-    rows = [{"conversations": [{"from": "human", "value": f"Question {i}?"},
-                               {"from": "gpt", "value": f"Answer number {i}."}]} for i in range(40)]
-    path = tmp_path / "qa.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
+    return qa_jsonl(tmp_path / "qa.jsonl", 40)
 
 
 def test_training_steps_hold_the_budget_and_a_given_batch_exactly(tiny_llama, short_rows, monkeypatch):

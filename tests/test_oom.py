@@ -1,7 +1,6 @@
 """Out-of-memory recovery: halve the batch, double accumulation, continue; tested by
 injecting CUDA out-of-memory errors into a tiny model's forward pass on the CPU."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,12 @@ from backpropagate_core.model import loader as model_mod  # noqa: E402
 from backpropagate_core.training import speed  # noqa: E402
 from backpropagate_core.errors import BackpropError  # noqa: E402
 from backpropagate_core.api import Trainer  # noqa: E402
+from tests.tiny import qa_jsonl  # noqa: E402
 
 
 @pytest.fixture
 def dataset(tmp_path) -> Path:
-    rows = [{"conversations": [{"from": "human", "value": f"Question {i}?"},
-                               {"from": "gpt", "value": f"Answer number {i}."}]} for i in range(24)]
-    path = tmp_path / "qa.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
+    return qa_jsonl(tmp_path / "qa.jsonl", 24)
 
 
 def inject_oom(monkeypatch, max_examples: int, after_calls: int = 0) -> dict:

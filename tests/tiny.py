@@ -159,3 +159,13 @@ def _phi3(variant: str, common: dict, head_dim: int):
                              "short_factor": [1.0 + 0.5 * i / (n - 1) for i in range(n)],
                              "long_factor": [1.0 + 15.0 * (i / (n - 1)) ** 2 for i in range(n)]})
     return Phi3ForCausalLM(Phi3Config(**config))
+
+
+def qa_jsonl(path: Path, n: int) -> Path:
+    """`n` short ShareGPT question/answer chats, one per line, written to `path`."""
+    import json
+
+    rows = [{"conversations": [{"from": "human", "value": f"Question {i}?"},
+                               {"from": "gpt", "value": f"Answer number {i}."}]} for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
