@@ -29,8 +29,9 @@ def score_chart(points: rx.Var) -> rx.Component:
     )
 
 
-def answers_panel(S: Any) -> rx.Component:
-    """The card: score line, then one row per held-out question."""
+def answers_panel(S: Any, A: Any) -> rx.Component:
+    """The card: score line, then one row per held-out question. `S` is the run State, `A`
+    its part with the answers (`live.RunAnswers`)."""
     def row(item) -> rx.Component:
         return rx.table.row(
             rx.table.cell(rx.text(item["prompt"], size="2")),
@@ -43,27 +44,27 @@ def answers_panel(S: Any) -> rx.Component:
                 rx.text(item["answer"], size="2"), align="start", spacing="2")),
         )
 
-    kept = rx.cond(S.best_step != "", rx.text.span(" The run keeps step ", S.best_step, ", its best."))
+    kept = rx.cond(A.best_step != "", rx.text.span(" The run keeps step ", A.best_step, ", its best."))
     headline = rx.text(
-        "At step ", rx.text.strong(S.samples_step), " the model answers ",
-        rx.text.strong(S.answer_score, data_testid="answer-score"),
+        "At step ", rx.text.strong(A.samples_step), " the model answers ",
+        rx.text.strong(A.answer_score, data_testid="answer-score"),
         " of the held-out questions with the fact from your data (the base model: ",
-        rx.text.span(S.base_score, data_testid="base-score"), ").", kept,
+        rx.text.span(A.base_score, data_testid="base-score"), ").", kept,
         size="2")
     # A preference run learns which answer to prefer, not facts: its answers are shown
     # beside the chosen one, and its score is the reward accuracy above.
     pairs_headline = rx.text(
-        "At step ", rx.text.strong(S.samples_step), " the model answers the held-out prompts like this, "
+        "At step ", rx.text.strong(A.samples_step), " the model answers the held-out prompts like this, "
         "beside the chosen answer of each pair and the base model's answer.", kept, size="2")
     table = rx.table.root(
         rx.table.header(rx.table.row(*[rx.table.column_header_cell(h) for h in
                                        ("Question", rx.cond(S.preference, "Chosen answer", "Reference"),
                                         "Base model", "Now")])),
-        rx.table.body(rx.foreach(S.samples, row)),
+        rx.table.body(rx.foreach(A.samples, row)),
         width="100%", size="1", data_testid="answers-table")
     return ui.card(
-        rx.cond(S.samples.length() > 0,
-                rx.vstack(rx.cond(S.preference, pairs_headline, rx.fragment(headline, score_chart(S.points))),
+        rx.cond(A.samples.length() > 0,
+                rx.vstack(rx.cond(S.preference, pairs_headline, rx.fragment(headline, score_chart(A.score_points))),
                           table, spacing="3", width="100%"),
                 ui.empty_note("Held-out questions are answered at each evaluation (datasets of 10+ examples).")),
         title="What the model answers now",

@@ -284,6 +284,9 @@ class RunTail:
             # Copies: an eval event later fills in a point, and the previous view must not
             # change with it, or the State would never see the difference.
             "points": thin([dict(self.points[k]) for k in sorted(self.points)]),
+            # Apart from the loss points, so the score chart redraws only at evaluations.
+            "score_points": [{"step": k, "answer_score": p["answer_score"]}
+                             for k, p in sorted(self.points.items()) if "answer_score" in p],
             "hardware": hardware_view(self.hardware),
             "log": list(reversed(self.log)),
             "artifacts": [{"name": k, "path": v} for k, v in sorted((run.get("artifacts") or {}).items())],

@@ -1,6 +1,13 @@
 """Following a run live: the vars of a run panel and the panel itself.
 
 The polling (store → tail → State) is `poller.Poller`; this module is what a page shows.
+
+The browser re-renders every component that reads a State whenever any var of that State
+changes, and on a small machine it shares the CPU with the training it shows. So the vars
+that change at their own pace live in substates of the page's run State: the loss curve
+(`RunChart`), the held-out answers (`RunAnswers`), the hardware sample (`RunHardware`) and
+the event log (`RunLog`). A page declares each part it shows as a subclass of its run
+State; a hardware sample then redraws the hardware card, not the charts.
 """
 
 from __future__ import annotations
@@ -32,17 +39,9 @@ class RunView(rx.State, mixin=True):
     lr: str = ""
     eta: str = ""
     elapsed: str = ""
-    points: list[dict[str, Any]] = []
-    hardware: list[dict[str, Any]] = []
-    log: list[dict[str, str]] = []
     artifacts: list[dict[str, str]] = []
     error: dict[str, str] = {}
     resumable: bool = False
-    samples: list[dict[str, Any]] = []
-    answer_score: str = ""
-    base_score: str = ""
-    samples_step: int = 0
-    best_step: str = ""
     method: str = ""
     """SFT, DPO or ORPO; empty while a run asked for "auto" has not started."""
     preference: bool = False
@@ -53,17 +52,63 @@ class RunView(rx.State, mixin=True):
     eval_reward_accuracy: str = ""
     eval_reward_step: str = ""
 
-    def _show(self, view: dict, previous: dict | None) -> None:
-        """Copy the fields of `view` that differ from `previous` into the State."""
+    async def _show(self, view: dict, previous: dict | None) -> None:
+        """Copy the fields of `view` that differ from `previous` into this State or the
+        part that holds them; fields the page shows nowhere are left out."""
+        # Class attributes through the instance: in a background task `self` is a proxy.
+        owners: dict[str, rx.State] = dict.fromkeys(self.base_vars, self)
+        for substate in self.get_substates():
+            if issubclass(substate, PARTS):
+                owners.update(dict.fromkeys(substate.base_vars, await self.get_state(substate)))
         for key, value in view.items():
-            if previous is None or previous.get(key) != value:
-                setattr(self, key, value)
+            if key in owners and (previous is None or previous.get(key) != value):
+                setattr(owners[key], key, value)
 
     async def _follow(self, choose: Callable[[str], str]) -> None:
         """Poll the store for the run this panel shows, forever (until the page's load
         chain is cancelled by navigation or disconnect). `choose(current_run_id)` returns
         the run to show each poll, so a page can switch to a run started elsewhere."""
         await Poller(choose).run(self)
+
+
+class RunChart(rx.State, mixin=True):
+    """The loss curve (and a preference run's reward curves): changes with every step."""
+
+    points: list[dict[str, Any]] = []
+
+
+class RunAnswers(rx.State, mixin=True):
+    """The held-out answers and their score: change at each evaluation."""
+
+    samples: list[dict[str, Any]] = []
+    answer_score: str = ""
+    base_score: str = ""
+    samples_step: int = 0
+    best_step: str = ""
+    score_points: list[dict[str, Any]] = []
+
+
+class RunHardware(rx.State, mixin=True):
+    """The newest hardware sample: changes every few seconds, steps or not."""
+
+    hardware: list[dict[str, Any]] = []
+
+
+class RunLog(rx.State, mixin=True):
+    """The event log: a line every few steps."""
+
+    log: list[dict[str, str]] = []
+
+
+PARTS = (RunChart, RunAnswers, RunHardware, RunLog)
+
+
+def part(S: type[RunView], mixin: type) -> Any:
+    """The substate of the run State `S` that holds `mixin`'s vars."""
+    found = [c for c in S.get_substates() if issubclass(c, mixin)]
+    if len(found) != 1:
+        raise TypeError(f"{S.__name__} needs exactly one substate with {mixin.__name__}, has {len(found)}")
+    return found[0]
 
 
 # ---- the run panel ---------------------------------------------------------------------------
@@ -78,7 +123,10 @@ def progress_block(S: type[RunView]) -> rx.Component:
             ui.status_badge(S.status, data_testid="run-status"),
             width="100%",
         ),
-        rx.progress(value=S.progress.to(int), max=100, width="100%"),
+        # No easing between steps: without a GPU, each frame of it is drawn by the CPU the
+        # training needs.
+        rx.progress(value=S.progress.to(int), max=100, width="100%",
+                    style={"& .rt-ProgressIndicator": {"transition": "none"}}),
         rx.flex(
             ui.stat("Loss", S.loss, "loss"),
             ui.stat("Tokens/s", S.tokens_per_s, "tokens-per-s"),
@@ -94,6 +142,7 @@ def progress_block(S: type[RunView]) -> rx.Component:
 def preference_block(S: type[RunView]) -> rx.Component:
     """A DPO or ORPO run's reward figures beside its loss: how often, and by how much, the
     model prefers the chosen answer of a pair over the rejected one."""
+    points = part(S, RunChart).points
     held_out = rx.cond(S.eval_reward_step != "", "Held-out reward accuracy (step " + S.eval_reward_step + ")",
                        "Held-out reward accuracy")
     return rx.vstack(
@@ -108,13 +157,13 @@ def preference_block(S: type[RunView]) -> rx.Component:
             wrap="wrap", spacing="5", width="100%",
         ),
         rx.grid(
-            ui.line_chart(S.points, [("reward_accuracy", "reward accuracy %", "green"),
+            ui.line_chart(points, [("reward_accuracy", "reward accuracy %", "green"),
                                      ("eval_reward_accuracy", "held-out %", "orange")],
                           height=170, test_id="reward-chart", y_domain=[0, 100]),
-            ui.line_chart(S.points, [("reward_margin", "reward margin", "accent"),
+            ui.line_chart(points, [("reward_margin", "reward margin", "accent"),
                                      ("eval_reward_margin", "held-out margin", "orange")],
                           height=170, test_id="margin-chart"),
-            ui.line_chart(S.points, [("chosen_logp", "log-prob chosen", "green"),
+            ui.line_chart(points, [("chosen_logp", "log-prob chosen", "green"),
                                      ("rejected_logp", "log-prob rejected", "red")],
                           height=170, test_id="logp-chart"),
             columns=rx.breakpoints(initial="1", md="3"), spacing="3", width="100%",
@@ -128,6 +177,8 @@ def preference_block(S: type[RunView]) -> rx.Component:
 
 
 def hardware_panel(S: type[RunView]) -> rx.Component:
+    H = part(S, RunHardware)
+
     def row(item) -> rx.Component:
         return rx.hstack(
             rx.text(item["label"], size="2", width="7em", color_scheme="gray"),
@@ -138,14 +189,16 @@ def hardware_panel(S: type[RunView]) -> rx.Component:
         )
 
     return ui.card(
-        rx.cond(S.hardware.length() > 0,
-                rx.vstack(rx.foreach(S.hardware, row), spacing="2", data_testid="hardware"),
+        rx.cond(H.hardware.length() > 0,
+                rx.vstack(rx.foreach(H.hardware, row), spacing="2", data_testid="hardware"),
                 ui.empty_note("No hardware sample yet.")),
         title="Hardware",
     )
 
 
 def event_log(S: type[RunView], height: str = "16em") -> rx.Component:
+    L = part(S, RunLog)
+
     def line(item) -> rx.Component:
         return rx.hstack(
             rx.text(item["time"], size="1", color_scheme="gray", font_family="monospace"),
@@ -156,7 +209,7 @@ def event_log(S: type[RunView], height: str = "16em") -> rx.Component:
 
     return ui.card(
         rx.scroll_area(
-            rx.vstack(rx.foreach(S.log, line), spacing="1", data_testid="event-log"),
+            rx.vstack(rx.foreach(L.log, line), spacing="1", data_testid="event-log"),
             type="auto", scrollbars="vertical", style={"max_height": height},
         ),
         title="Events",
@@ -196,11 +249,11 @@ def run_panel(S: type[RunView], title: rx.Component | None = None) -> rx.Compone
         ui.card(
             *([title] if title is not None else []),
             progress_block(S),
-            ui.loss_chart(S.points),
+            ui.loss_chart(part(S, RunChart).points),
             rx.cond(S.preference, preference_block(S)),
             outcome(S),
         ),
-        answers_panel(S),
+        answers_panel(S, part(S, RunAnswers)),
         rx.grid(hardware_panel(S), event_log(S), columns=rx.breakpoints(initial="1", md="2"),
                 spacing="4", width="100%"),
         spacing="4", width="100%",

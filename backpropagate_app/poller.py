@@ -30,6 +30,9 @@ MIN_PUBLISH_S = 0.5
 shares the CPU with the training it shows. Latency stays well under a second."""
 RECHECK_S = 2.0
 """How often the loop looks at the State for a run the page itself picked."""
+LAZY_FIELDS = frozenset({"hardware", "elapsed"})
+"""Fields that alone do not re-render a panel before REFRESH_S has passed: a hardware sample
+(every few seconds) then shows with the next step, instead of costing a render of its own."""
 
 
 def read_run(run_id: str, tail: RunTail) -> tuple[dict | None, bool]:
@@ -54,15 +57,15 @@ class Poller:
     `run_id`); `choose(picked)` runs off the lock each poll and returns the run to show, so
     a page can switch to a run started elsewhere. `tail(run_id)` makes the object that folds
     that run's events into a view, and `empty` is the view of no run. The State must have
-    the run panel's `_show(view, previous)` (`live.RunView`).
+    the run panel's `async _show(view, previous)` (`live.RunView`).
     """
 
     def __init__(self, choose: Callable[[Any], str], picked: Callable[[Any], Any] = _run_id,
                  tail: Callable[[str], RunTail] = RunTail, empty: dict = EMPTY_RUN_VIEW) -> None:
         self.choose, self.picked, self.new_tail, self.empty = choose, picked, tail, empty
         self.tail: RunTail | None = None
-        self.shown: dict | None = None
-        self.pending = False  # events folded into the tail that no published view has shown
+        self.latest: dict | None = None  # the newest view read, published or not
+        self.shown: dict | None = None  # the view the State has
         self.refreshed = time.monotonic()
         self.stamp: tuple | None = None  # the store's stamp at the last read
 
@@ -72,25 +75,35 @@ class Poller:
         # a poll is one stat call.
         store = facade.store()
         before = (store.stamp(), current)
-        if (before == self.stamp and self.shown is not None and not self.pending
+        if (before == self.stamp and self.latest is not None
                 and time.monotonic() - self.refreshed <= REFRESH_S):
-            return self.shown
+            return self.latest
         self.stamp = None
         wanted = self.choose(current)
         if self.tail is None or self.tail.run_id != wanted:
-            self.tail, self.shown = self.new_tail(wanted), None
+            self.tail, self.latest = self.new_tail(wanted), None
         run, fresh = read_run(wanted, self.tail) if wanted else (None, False)
         # Closing the last connection may checkpoint the log and so change the stamp; a
         # changed stamp might also be a write made during this read, so it is read again.
         after = (store.stamp(), current)
         self.stamp = after if after == before else None
-        self.pending = self.pending or fresh
         if run is None:
-            return self.empty | {"run_id": wanted}
-        if self.pending or self.shown is None or time.monotonic() - self.refreshed > REFRESH_S:
+            self.latest = self.empty | {"run_id": wanted}
+        elif fresh or self.latest is None or time.monotonic() - self.refreshed > REFRESH_S:
             self.refreshed = time.monotonic()
-            return self.tail.view(run)
-        return self.shown
+            self.latest = self.tail.view(run)
+        return self.latest
+
+    def _wait(self, view: dict, since_published: float) -> float:
+        """Seconds to hold `view` back before publishing it (0: publish now)."""
+        if self.shown is None:
+            return 0.0
+        if since_published < MIN_PUBLISH_S:
+            return MIN_PUBLISH_S - since_published
+        changed = {k for k, v in view.items() if self.shown.get(k) != v}
+        if changed and changed <= LAZY_FIELDS and since_published < REFRESH_S:
+            return POLL_S  # keep polling: a step may come to take it along
+        return 0.0
 
     async def run(self, state) -> None:
         """Poll forever; the lock is taken only to publish a changed view, and every few
@@ -104,16 +117,16 @@ class Poller:
                 view = (self.shown or self.empty) | {"error": error}
             now = time.monotonic()
             if view != self.shown or now - checked > RECHECK_S:
-                if self.shown is not None and now - published < MIN_PUBLISH_S:
-                    await asyncio.sleep(MIN_PUBLISH_S - (now - published))
+                wait = self._wait(view, now - published)
+                if wait:
+                    await asyncio.sleep(wait)
                     continue  # read once more and publish the newest
                 async with state:
                     if self.picked(state) != current:
                         self.shown = None  # the page chose a run: follow it next poll
                     else:
-                        state._show(view, self.shown)
+                        await state._show(view, self.shown)
                         self.shown = view
                     current = self.picked(state)
-                self.pending = False
                 published = checked = time.monotonic()
             await asyncio.sleep(POLL_S)

@@ -31,7 +31,7 @@ class PageState:
     async def __aexit__(self, *exc):
         return False
 
-    def _show(self, view: dict, previous: dict | None) -> None:
+    async def _show(self, view: dict, previous: dict | None) -> None:
         for key, value in view.items():
             if previous is None or previous.get(key) != value:
                 setattr(self, key, value)
@@ -131,6 +131,45 @@ def test_the_store_is_read_only_after_a_write(isolated_home, fast, monkeypatch):
     reads.clear()
     run_async(follow_for(0.3, follower, state, then=write))
     assert 1 <= len(reads) <= 2 and "a line written later" in state.log[0]["text"]
+
+
+def test_a_hardware_sample_shows_with_the_next_step_not_on_its_own(isolated_home, fast, monkeypatch):
+    """Each render costs the browser CPU the training needs: a hardware sample alone waits
+    for the next step (or REFRESH_S) instead of re-rendering the panel by itself."""
+    monkeypatch.setattr(poller, "REFRESH_S", 2.0)
+    store = RunStore(isolated_home)
+    run = store.create_run(config={"model": "m"}, model="m", dataset="/d.jsonl", name="live")
+    store.record(ev.RunStarted(run.id, config={}, total_steps=10))
+    store.record(ev.Step(run.id, step=1, total=10, loss=2.0, lr=1e-4))
+    state, follower = PageState(), Poller(lambda current: run.id)
+
+    def sample(pct: float) -> None:
+        store.record(ev.HardwareSample(run.id, device="cpu", cpu_pct=pct, ram_used_mb=1024, ram_total_mb=8192))
+
+    async def scenario() -> list:
+        seen = []
+        task = asyncio.ensure_future(follower.run(state))
+        await asyncio.sleep(0.5)
+        seen.append((state.step, state.hardware))
+        sample(50.0)
+        await asyncio.sleep(0.3)
+        seen.append((state.step, state.hardware))
+        store.record(ev.Step(run.id, step=2, total=10, loss=1.5, lr=1e-4))
+        await asyncio.sleep(0.3)
+        seen.append((state.step, state.hardware))
+        sample(70.0)
+        await asyncio.sleep(3.0)  # no step comes: it shows after REFRESH_S
+        seen.append((state.step, state.hardware))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return seen
+
+    first, held, with_step, alone = run_async(scenario())
+    assert first == (1, [])
+    assert held == (1, [])
+    assert with_step[0] == 2 and "50%" in str(with_step[1])
+    assert alone[0] == 2 and "70%" in str(alone[1])
 
 
 def test_the_stamp_changes_with_every_write(isolated_home):

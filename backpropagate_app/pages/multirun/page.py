@@ -14,7 +14,7 @@ import reflex as rx
 from backpropagate_app import components as ui
 from backpropagate_app.pages.multirun import view
 from backpropagate_app.live import event_log, outcome, progress_block
-from backpropagate_app.pages.multirun.state import CampaignRun, MultiRunState
+from backpropagate_app.pages.multirun.state import CampaignRun, CampaignRunChart, MultiRunState
 from backpropagate_app.shell import Page, ShellState, layout
 
 S, C = MultiRunState, CampaignRun
@@ -140,9 +140,9 @@ def campaign_chart() -> rx.Component:
             rx.recharts.y_axis(domain=["auto", "auto"], width=60),
             rx.recharts.tooltip(),
             rx.recharts.legend(),
-            data=C.points, width="100%", height=300,
+            data=CampaignRunChart.points, width="100%", height=300,
         ),
-        width="100%", data_testid="campaign-chart", data_points=C.points.length(),
+        width="100%", data_testid="campaign-chart", data_points=CampaignRunChart.points.length(),
         data_markers=C.markers.length(),
     )
 

@@ -16,7 +16,7 @@ import reflex as rx
 
 from backpropagate_app import facade
 from backpropagate_app.pages.multirun import view
-from backpropagate_app.live import RunView
+from backpropagate_app.live import RunChart, RunLog, RunView
 from backpropagate_app.poller import Poller
 from backpropagate_app.tasks import attempt
 from backpropagate_core.errors import BackpropError
@@ -107,6 +107,15 @@ class CampaignRun(RunView, rx.State):
     async def follow(self):
         """Poll the store for the campaign shown until the page's load chain is cancelled."""
         await Poller(_choose, picked=_picked, tail=view.CampaignTail, empty=view.EMPTY_CAMPAIGN_VIEW).run(self)
+
+
+# The parts of the campaign panel that change at their own pace (see `live`).
+class CampaignRunChart(RunChart, CampaignRun):
+    pass
+
+
+class CampaignRunLog(RunLog, CampaignRun):
+    pass
 
 
 class MultiRunState(rx.State):

@@ -13,7 +13,7 @@ from backpropagate_app import components as ui
 from backpropagate_app import facade
 from backpropagate_app.display import config_rows, error_view, event_rows
 from backpropagate_app.pages.export.view import export_run_rows
-from backpropagate_app.live import RunView, run_panel
+from backpropagate_app.live import RunAnswers, RunChart, RunHardware, RunLog, RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_core.errors import BackpropError
 
@@ -130,6 +130,23 @@ class RunDetailState(RunView, rx.State):
             return
         self.confirm_delete = False
         return rx.redirect("/runs")
+
+
+# The parts of the run panel that change at their own pace (see `live`).
+class RunDetailChart(RunChart, RunDetailState):
+    pass
+
+
+class RunDetailAnswers(RunAnswers, RunDetailState):
+    pass
+
+
+class RunDetailHardware(RunHardware, RunDetailState):
+    pass
+
+
+class RunDetailLog(RunLog, RunDetailState):
+    pass
 
 
 # ---- layout -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from backpropagate_app import components as ui
 from backpropagate_app import facade
 from backpropagate_app import preference
 from backpropagate_app.display import EMPTY_RUN_VIEW, error_view
-from backpropagate_app.live import RunView, run_panel
+from backpropagate_app.live import RunAnswers, RunChart, RunHardware, RunLog, RunView, run_panel
 from backpropagate_app.shell import Page, ShellState, layout
 from backpropagate_app.pages.train.form import (ALL_FIELDS, FORM_FIELDS, MemoryFacts, default_captions,
                                                 field_captions, form_overrides, memory_line, merge_plan,
@@ -43,6 +43,23 @@ class TrainRun(RunView, rx.State):
     @rx.event(background=True)
     async def follow(self):
         await self._follow(run_to_show)
+
+
+# The parts of the run panel that change at their own pace (see `live`).
+class TrainRunChart(RunChart, TrainRun):
+    pass
+
+
+class TrainRunAnswers(RunAnswers, TrainRun):
+    pass
+
+
+class TrainRunHardware(RunHardware, TrainRun):
+    pass
+
+
+class TrainRunLog(RunLog, TrainRun):
+    pass
 
 
 def _start(choice: str, custom: str, data: str, name: str, form: dict, planned: dict, method: str,
