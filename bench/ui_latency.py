@@ -14,6 +14,7 @@ both alike; the ratio of medians is reported. Goal: >= 0.98.
     python bench/ui_latency.py                 # 80 latency samples, 2 rounds of runs
     python bench/ui_latency.py --quick         # 20 samples, 1 round
     python bench/ui_latency.py --model smollm2-135m --steps 16   # the built-in model
+    python bench/ui_latency.py --watch none    # start from the page, then leave it
     python bench/ui_latency.py --json out.json
 """
 
@@ -137,8 +138,10 @@ def run_headless(server, steps: int) -> tuple[float, float]:
     return tokens, meter.cores
 
 
-def run_from_ui(browser, server, steps: int) -> tuple[float, float]:
-    """(tokens/s, cores the server and chromium used) of a run started and watched in the page."""
+def run_from_ui(browser, server, steps: int, watch: bool = True) -> tuple[float, float]:
+    """(tokens/s, cores the server and chromium used) of a run started in the page, and
+    watched there until it ends (or, with `watch` False, the tab leaves the app once the
+    run started: what is left of the overhead is then not the page drawing)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=server.url)
     page = context.new_page()
     page.goto("/train")
@@ -153,7 +156,10 @@ def run_from_ui(browser, server, steps: int) -> tuple[float, float]:
         page.get_by_test_id("start").click()
         page.get_by_test_id("run-status").filter(has_text="running").wait_for(timeout=300_000)
         run_id = page.get_by_test_id("run-link").get_attribute("href").rsplit("/", 1)[-1]
-        page.get_by_test_id("run-completed").wait_for(timeout=900_000)  # the page watches until the end
+        if watch:
+            page.get_by_test_id("run-completed").wait_for(timeout=900_000)  # the page watches until the end
+        else:
+            page.goto("about:blank")
         tokens = wait_tokens_per_s(server, run_id)
     context.close()
     return tokens, meter.cores
@@ -181,6 +187,9 @@ def main() -> int:
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (hidden 128, 4 layers: steps of ~0.05 s, the worst case) or a preset such as "
                              "smollm2-135m (the built-in default: steps of seconds) [tiny]")
+    parser.add_argument("--watch", choices=("page", "none"), default="page",
+                        help="'page': the Train page watches each run until it ends; 'none': the tab leaves "
+                             "once the run started, to tell the page's drawing from the rest [page]")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
@@ -211,7 +220,7 @@ def main() -> int:
             for r in range(args.rounds):
                 tokens, cores = run_headless(server, args.steps)
                 headless.append(tokens), idle_cores.append(cores)
-                tokens, cores = run_from_ui(browser, server, args.steps)
+                tokens, cores = run_from_ui(browser, server, args.steps, watch=args.watch == "page")
                 ui.append(tokens), ui_cores.append(cores)
                 print(f"round {r + 1}: headless {headless[-1]:.0f} tok/s (UI side idle: {idle_cores[-1]} cores), "
                       f"UI {ui[-1]:.0f} tok/s (UI side watching: {ui_cores[-1]} cores)", flush=True)
@@ -219,7 +228,7 @@ def main() -> int:
         ratio = statistics.median(ui) / statistics.median(headless)
         result = {"latency": latency, "tokens_per_s": {"headless": headless, "ui": ui},
                   "overhead_ratio": round(ratio, 3), "ui_cores": ui_cores, "idle_server_cores": idle_cores,
-                  "steps_per_run": args.steps, "model": args.model, "loadavg_before": load_before,
+                  "steps_per_run": args.steps, "model": args.model, "watch": args.watch, "loadavg_before": load_before,
                   "loadavg_after": os.getloadavg(), "cpus": os.cpu_count()}
         print(f"UI overhead ratio (UI / headless tokens/s, medians): {ratio:.3f}")
         for name in ("server", "chromium"):
