@@ -135,6 +135,19 @@ def test_run_tail_view_is_not_changed_by_later_events():
     assert after["points"][-1] == {"step": 10, "loss": 2.0, "eval_loss": 1.5}
 
 
+def test_score_points_change_only_at_evaluations():
+    """The score chart has points of its own, so a step that adds a loss point leaves it
+    (and the answers panel) unchanged in the browser."""
+    tail = d.RunTail("r1")
+    run = {"id": "r1", "status": "running", "step": 3, "total_steps": 10}
+    tail.feed(rows(step(1), step(2), {"type": "eval", "step": 2, "loss": 1.5, "answer_score": 0.25}))
+    before = tail.view(run)
+    tail.feed(rows(step(3), start=4))
+    after = tail.view(run)
+    assert before["score_points"] == after["score_points"] == [{"step": 2, "answer_score": 25.0}]
+    assert len(after["points"]) == 3
+
+
 def test_run_tail_drops_replayed_steps_on_resume():
     tail = d.RunTail("r1")
     tail.feed(rows(step(1), step(2), step(3)))
