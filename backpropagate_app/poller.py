@@ -116,17 +116,20 @@ class Poller:
             if error:  # show it and keep polling: the next read may work again
                 view = (self.shown or self.empty) | {"error": error}
             now = time.monotonic()
-            if view != self.shown or now - checked > RECHECK_S:
+            recheck = now - checked > RECHECK_S
+            if view != self.shown or recheck:
+                # A held view waits; the page's own pick is still looked at on time.
                 wait = self._wait(view, now - published)
-                if wait:
+                if wait and not recheck:
                     await asyncio.sleep(wait)
                     continue  # read once more and publish the newest
                 async with state:
                     if self.picked(state) != current:
                         self.shown = None  # the page chose a run: follow it next poll
-                    else:
+                    elif not wait:
                         await state._show(view, self.shown)
                         self.shown = view
+                        published = time.monotonic()
                     current = self.picked(state)
-                published = checked = time.monotonic()
+                checked = time.monotonic()
             await asyncio.sleep(POLL_S)

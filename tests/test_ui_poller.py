@@ -172,6 +172,24 @@ def test_a_hardware_sample_shows_with_the_next_step_not_on_its_own(isolated_home
     assert alone[0] == 2 and "70%" in str(alone[1])
 
 
+def test_a_run_the_page_picks_shows_while_a_hardware_sample_is_held(isolated_home, fast, monkeypatch):
+    """Holding a hardware sample back must not hold back the page's own choice of run."""
+    monkeypatch.setattr(poller, "REFRESH_S", 30.0)
+    store = RunStore(isolated_home)
+    other = record_run(store, "other", 2)
+    run = store.create_run(config={"model": "m"}, model="m", dataset="/d.jsonl", name="live")
+    store.record(ev.RunStarted(run.id, config={}, total_steps=10))
+    store.record(ev.Step(run.id, step=1, total=10, loss=2.0, lr=1e-4))
+    state = PageState(run.id)
+
+    def pick(s):
+        store.record(ev.HardwareSample(run.id, device="cpu", cpu_pct=50.0))
+        s.run_id = other
+
+    run_async(follow_for(0.5, Poller(lambda current: current), state, then=pick))
+    assert (state.run_id, state.name, state.status) == (other, "other", "completed")
+
+
 def test_the_stamp_changes_with_every_write(isolated_home):
     store = RunStore(isolated_home)
     run_id = record_run(store, "r", 1)
